@@ -1,0 +1,78 @@
+package v1alpha1
+
+// Condition types. Every condition carries observedGeneration.
+const (
+	// ConditionReady is True on an AgentIdentity while a valid certificate
+	// for its current spec is in place, and on an AgentTrustPolicy once it is
+	// compiled into the trust ConfigMaps of the identities it selects.
+	ConditionReady = "Ready"
+	// ConditionIssuing is True on an AgentIdentity while a new certificate is
+	// being issued; the reason says why (first issuance, renewal, repair).
+	ConditionIssuing = "Issuing"
+)
+
+// Condition reasons. They are stable: scripts and alerts may match on them.
+const (
+	// ReasonIssued: a certificate for the current spec is in place.
+	ReasonIssued = "Issued"
+	// ReasonPending: nothing has been issued yet.
+	ReasonPending = "Pending"
+	// ReasonRenewing: the certificate is being renewed before it expires.
+	ReasonRenewing = "Renewing"
+	// ReasonSecretRepaired: the Secret was missing, edited or inconsistent
+	// and has been (or is being) rewritten.
+	ReasonSecretRepaired = "SecretRepaired"
+	// ReasonSpecChanged: the spec changed and a certificate for it is issued.
+	ReasonSpecChanged = "SpecChanged"
+	// ReasonInvalidSpec: the spec cannot be acted on; the message says why.
+	// Fix the object; no retry happens until it changes.
+	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonCANotReady: the agent CA could not be loaded or is not valid.
+	ReasonCANotReady = "CANotReady"
+	// ReasonIssuanceFailed: issuing or writing the certificate failed; it is
+	// retried with exponential back-off.
+	ReasonIssuanceFailed = "IssuanceFailed"
+	// ReasonSecretConflict: a Secret of the requested name exists and was not
+	// created by agentmesh for this identity; it is left untouched.
+	ReasonSecretConflict = "SecretConflict"
+	// ReasonIdle: no issuance is under way.
+	ReasonIdle = "Idle"
+	// ReasonCompiled: the policy is compiled into every selected identity's
+	// trust ConfigMap.
+	ReasonCompiled = "Compiled"
+)
+
+// Labels and annotations.
+const (
+	// LabelIdentity is the pod opt-in label: a pod labelled
+	// mtls.agentmesh.dev/identity=<AgentIdentity name> gets that identity
+	// injected. The operator also puts it on the Secrets and ConfigMaps it
+	// writes for an identity, naming their parent.
+	LabelIdentity = "mtls.agentmesh.dev/identity"
+	// LabelManagedBy marks every object the operator writes; the operator's
+	// Secret and ConfigMap caches only hold objects with this label.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is the value of LabelManagedBy on agentmesh's objects.
+	ManagedByValue = "agentmesh"
+	// AnnotationContentHash holds a hash of what the operator wrote into a
+	// Secret or ConfigMap, so that unchanged content is never written again.
+	AnnotationContentHash = "mtls.agentmesh.dev/content-hash"
+)
+
+// Fixed names of the API.
+const (
+	// DefaultTrustDomain is the trust domain used when none is configured.
+	DefaultTrustDomain = "cluster.local"
+	// DefaultSecretNameSuffix is appended to an AgentIdentity's name to form
+	// its Secret's name when spec.secretName is empty.
+	DefaultSecretNameSuffix = "-tls"
+	// TrustConfigMapSuffix is appended to an AgentIdentity's name to form the
+	// name of its trust ConfigMap (bundle.pem and policy.json).
+	TrustConfigMapSuffix = "-trust"
+	// PodCertificateSignerName is the signer agentmesh serves for
+	// PodCertificateRequests of identities in PodCertificate delivery mode.
+	PodCertificateSignerName = "agentmesh.dev/agent-identity"
+	// DefaultServiceAccountName is the service account of pods that use an
+	// identity whose spec.serviceAccountName is empty.
+	DefaultServiceAccountName = "default"
+)
