@@ -1,0 +1,129 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+)
+
+// options are the manager's command-line settings.
+type options struct {
+	trustDomain             spiffeid.TrustDomain
+	caSecret                types.NamespacedName
+	metricsAddr             string
+	metricsSecure           bool
+	probeAddr               string
+	leaderElect             bool
+	leaderElectionNamespace string
+	kubeAPIQPS              float64
+	kubeAPIBurst            int
+	maxConcurrentReconciles int
+	webhookHost             string
+	webhookPort             int
+	webhookCertDir          string
+	zap                     zap.Options
+}
+
+// parseFlags parses args (without the program name). Every error is one line
+// that names the flag and says what a valid value looks like.
+func parseFlags(args []string, output io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	fs.SetOutput(output)
+
+	var trustDomain, caSecret string
+	fs.StringVar(&trustDomain, "trust-domain", mtlsv1alpha1.DefaultTrustDomain,
+		"SPIFFE trust domain of every identity the operator issues (spiffe://<trust-domain>/ns/<ns>/agent/<name>).")
+	fs.StringVar(&caSecret, "ca-secret", "agentmesh-system/agentmesh-ca",
+		"Secret, as namespace/name, that holds the agent CA (tls.crt, tls.key, optional ca.crt); created if absent. "+
+			"Its namespace is the operator's namespace.")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443",
+		"Address the Prometheus metrics endpoint binds to; \"0\" disables it.")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true,
+		"Serve metrics over HTTPS, authenticated and authorized against the API server; false serves plain HTTP.")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
+	fs.BoolVar(&o.leaderElect, "leader-elect", false,
+		"Enable leader election, so that only one of several replicas reconciles at a time.")
+	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "",
+		"Namespace of the leader election Lease; defaults to the namespace of --ca-secret.")
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 200, "Queries per second the operator may send to the API server.")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 400, "Burst of queries the operator may send to the API server.")
+	fs.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 8,
+		"Number of objects of each kind reconciled in parallel.")
+	fs.StringVar(&o.webhookHost, "webhook-host", "", "Address the webhook server binds to; empty binds every interface.")
+	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port the webhook server listens on.")
+	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs",
+		"Directory of the webhook server's certificate (tls.crt, tls.key).")
+	ctrlconfig.RegisterFlags(fs)
+	o.zap = zap.Options{Development: false}
+	o.zap.BindFlags(fs)
+	fs.Usage = func() {
+		_, _ = fmt.Fprintln(output, "Usage of manager:")
+		fs.PrintDefaults()
+	}
+
+	// The standard flag package prints the whole usage after a parse error;
+	// keep the error to one line and point at -h instead.
+	usage := fs.Usage
+	fs.Usage = func() {}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage()
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (run with -h for the list of flags)", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: the manager takes flags only", fs.Arg(0))
+	}
+
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("invalid value %q for flag -trust-domain: %w", trustDomain, err)
+	}
+	if td.String() != trustDomain {
+		return nil, fmt.Errorf("invalid value %q for flag -trust-domain: give the bare trust domain, e.g. %q", trustDomain, td.String())
+	}
+	o.trustDomain = td
+
+	ns, name, ok := strings.Cut(caSecret, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, fmt.Errorf("invalid value %q for flag -ca-secret: want namespace/name, e.g. agentmesh-system/agentmesh-ca", caSecret)
+	}
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		return nil, fmt.Errorf("invalid value %q for flag -ca-secret: namespace %q: %s", caSecret, ns, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+		return nil, fmt.Errorf("invalid value %q for flag -ca-secret: name %q: %s", caSecret, name, strings.Join(errs, "; "))
+	}
+	o.caSecret = types.NamespacedName{Namespace: ns, Name: name}
+	if o.leaderElectionNamespace == "" {
+		o.leaderElectionNamespace = ns
+	}
+
+	switch {
+	case o.kubeAPIQPS <= 0:
+		return nil, fmt.Errorf("invalid value %v for flag -kube-api-qps: must be greater than 0", o.kubeAPIQPS)
+	case o.kubeAPIBurst < 1:
+		return nil, fmt.Errorf("invalid value %d for flag -kube-api-burst: must be at least 1", o.kubeAPIBurst)
+	case float64(o.kubeAPIBurst) < o.kubeAPIQPS:
+		return nil, fmt.Errorf("invalid value %d for flag -kube-api-burst: must be at least -kube-api-qps (%v)", o.kubeAPIBurst, o.kubeAPIQPS)
+	case o.maxConcurrentReconciles < 1 || o.maxConcurrentReconciles > 1024:
+		return nil, fmt.Errorf("invalid value %d for flag -max-concurrent-reconciles: must be between 1 and 1024", o.maxConcurrentReconciles)
+	case o.webhookPort < 1 || o.webhookPort > 65535:
+		return nil, fmt.Errorf("invalid value %d for flag -webhook-port: must be between 1 and 65535", o.webhookPort)
+	case o.webhookCertDir == "":
+		return nil, errors.New("invalid value \"\" for flag -webhook-cert-dir: must not be empty")
+	}
+	return o, nil
+}
