@@ -1,0 +1,162 @@
+// Command devcluster is `make dev`: it starts a local control plane (etcd and
+// kube-apiserver built from source by hack/tools.sh) on loopback, installs
+// the CRDs, runs the operator against it, applies config/samples/ and prints
+// what to try next. Ctrl-C stops the operator and the control plane and
+// removes their data; no process is left behind.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/agentmesh/agentmesh/test/cluster"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "devcluster: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return err
+	}
+	manager := flag.String("manager", filepath.Join(root, "bin", "manager"), "manager binary to run")
+	devDir := flag.String("dir", filepath.Join(root, "bin", "dev"), "directory for the kubeconfig and the logs")
+	noSamples := flag.Bool("no-samples", false, "do not apply config/samples/")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if err := os.MkdirAll(*devDir, 0o755); err != nil {
+		return err
+	}
+	cpLog, err := os.Create(filepath.Join(*devDir, "controlplane.log"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = cpLog.Close() }()
+
+	say("starting etcd and kube-apiserver on 127.0.0.1 (logs: %s)", cpLog.Name())
+	c, err := cluster.Start(cluster.Options{Output: cpLog})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		say("stopping the control plane")
+		if err := c.Stop(); err != nil {
+			say("stopping the control plane: %v", err)
+		}
+	}()
+	kubeconfig := filepath.Join(*devDir, "kubeconfig")
+	if err := c.WriteAdminKubeconfig(kubeconfig); err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		return err
+	}
+	if err := ensureNamespace(ctx, cs, "agentmesh-system"); err != nil {
+		return err
+	}
+
+	say("starting the operator: %s (logs below)", *manager)
+	m, err := cluster.StartManager(cluster.ManagerOptions{
+		Binary:     *manager,
+		Kubeconfig: kubeconfig,
+		Output:     os.Stdout,
+		Args:       []string{"--zap-log-level=info", "--zap-encoder=console"},
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		say("stopping the operator")
+		if err := m.Stop(15 * time.Second); err != nil && !isSignalExit(err) {
+			say("operator: %v", err)
+		}
+	}()
+	readyCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := m.WaitReady(readyCtx); err != nil {
+		return err
+	}
+
+	kubectl := filepath.Join(cluster.AssetsDir(root), "kubectl")
+	if !*noSamples {
+		say("applying config/samples/")
+		if err := runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "apply", "-f", filepath.Join(root, "config", "samples")); err != nil {
+			return err
+		}
+		_ = runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "get", "agentidentities,agenttrustpolicies", "-A")
+	}
+
+	fmt.Printf(`
+agentmesh is running against a local control plane. In another terminal:
+
+  export KUBECONFIG=%s
+  export PATH=%s:$PATH
+  kubectl get agentidentities -A
+  kubectl get agenttrustpolicies -A -o wide
+
+Press Ctrl-C to stop the operator and the control plane.
+`, kubeconfig, filepath.Dir(kubectl))
+
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-m.Exited():
+		return errors.New("the operator exited; see its log above")
+	}
+}
+
+func say(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "devcluster: "+format+"\n", args...)
+}
+
+func ensureNamespace(ctx context.Context, cs kubernetes.Interface, name string) error {
+	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+func runKubectl(ctx context.Context, kubectl, kubeconfig string, out io.Writer, args ...string) error {
+	cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	cmd.Stdout, cmd.Stderr = out, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("kubectl %v: %w", args, err)
+	}
+	return nil
+}
+
+// isSignalExit reports whether err is the exit of a process that a signal
+// (the user's Ctrl-C) ended.
+func isSignalExit(err error) bool {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
+			return ws.Signaled()
+		}
+	}
+	return false
+}

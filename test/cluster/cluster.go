@@ -1,0 +1,135 @@
+// Package cluster starts a local Kubernetes control plane (etcd and
+// kube-apiserver built from source by hack/tools.sh) with the agentmesh CRDs
+// installed, and runs the manager binary against it. `make dev`, the
+// integration and end-to-end tests and `make bench` all use it, so there is
+// one way to bring up the local control plane.
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// Options configure a local control plane.
+type Options struct {
+	// APIServerFlags are extra kube-apiserver flags, e.g. "feature-gates".
+	APIServerFlags map[string]string
+	// Output receives the control plane's logs; nil discards them.
+	Output io.Writer
+	// WithoutCRDs skips installing config/crd/bases.
+	WithoutCRDs bool
+}
+
+// Cluster is a running local control plane.
+type Cluster struct {
+	// Env is the underlying envtest environment.
+	Env *envtest.Environment
+	// Config is an admin (system:masters) client config.
+	Config *rest.Config
+	// Root is the repository root.
+	Root string
+}
+
+// RepoRoot finds the repository root by walking up from the working
+// directory to the directory that holds the project's go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && isProjectGoMod(b) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("cluster: not inside the agentmesh repository (no go.mod of github.com/agentmesh/agentmesh above the working directory)")
+		}
+		dir = parent
+	}
+}
+
+func isProjectGoMod(b []byte) bool {
+	const want = "module github.com/agentmesh/agentmesh\n"
+	return len(b) >= len(want) && string(b[:len(want)]) == want
+}
+
+// AssetsDir is where kube-apiserver, etcd and kubectl are found:
+// $KUBEBUILDER_ASSETS, or the repository's bin/.
+func AssetsDir(root string) string {
+	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
+		return d
+	}
+	return filepath.Join(root, "bin")
+}
+
+// Start starts etcd and kube-apiserver on loopback with their data in a
+// temporary directory and installs the CRDs. Stop removes all of it.
+func Start(opts Options) (*Cluster, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	assets := AssetsDir(root)
+	for _, b := range []string{"kube-apiserver", "etcd", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(assets, b)); err != nil {
+			return nil, fmt.Errorf("cluster: %s not found in %s: run `make tools` first", b, assets)
+		}
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory:    assets,
+		ErrorIfCRDPathMissing:    !opts.WithoutCRDs,
+		ControlPlaneStartTimeout: 2 * time.Minute,
+		ControlPlaneStopTimeout:  30 * time.Second,
+	}
+	if !opts.WithoutCRDs {
+		env.CRDDirectoryPaths = []string{filepath.Join(root, "config", "crd", "bases")}
+	}
+	if opts.Output != nil {
+		env.AttachControlPlaneOutput = true
+		env.ControlPlane.APIServer = &envtest.APIServer{Out: opts.Output, Err: opts.Output}
+		env.ControlPlane.Etcd = &envtest.Etcd{Out: opts.Output, Err: opts.Output}
+	}
+	api := env.ControlPlane.GetAPIServer()
+	api.Address = "127.0.0.1"
+	for k, v := range opts.APIServerFlags {
+		api.Configure().Set(k, v)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		_ = env.Stop()
+		return nil, fmt.Errorf("cluster: starting the control plane: %w", err)
+	}
+	// Keep the client fast: tests and the dev cluster create many objects.
+	cfg.QPS, cfg.Burst = 500, 1000
+	return &Cluster{Env: env, Config: cfg, Root: root}, nil
+}
+
+// Stop stops kube-apiserver and etcd and removes their data.
+func (c *Cluster) Stop() error {
+	return c.Env.Stop()
+}
+
+// WriteAdminKubeconfig writes a kubeconfig for an admin (system:masters) user
+// to path, creating its directory.
+func (c *Cluster) WriteAdminKubeconfig(path string) error {
+	user, err := c.Env.AddUser(envtest.User{Name: "agentmesh-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("cluster: adding the admin user: %w", err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return fmt.Errorf("cluster: rendering the kubeconfig: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, kc, 0o600)
+}
