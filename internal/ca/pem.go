@@ -1,0 +1,132 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+)
+
+// Size caps, checked before anything is decoded, so that a hostile or
+// mistaken input costs little to refuse.
+const (
+	// MaxCertificatesPEMSize caps a PEM input of certificates (tls.crt,
+	// ca.crt, a federated bundle).
+	MaxCertificatesPEMSize = 64 << 10
+	// MaxPrivateKeyPEMSize caps a PEM private key.
+	MaxPrivateKeyPEMSize = 16 << 10
+	// MaxCertificatesPerPEM caps the number of certificates in one input.
+	MaxCertificatesPerPEM = 32
+)
+
+// ParseCertificatesPEM decodes every CERTIFICATE block of b. Other block
+// types are an error, as is an input with no certificate or one over the
+// size caps. Errors name what is wrong and never quote the input.
+func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
+	if len(b) > MaxCertificatesPEMSize {
+		return nil, fmt.Errorf("PEM is %d bytes, over the limit of %d", len(b), MaxCertificatesPEMSize)
+	}
+	var certs []*x509.Certificate
+	rest := b
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %d is of type %q, want CERTIFICATE", len(certs)+1, block.Type)
+		}
+		if len(certs) == MaxCertificatesPerPEM {
+			return nil, fmt.Errorf("more than %d certificates", MaxCertificatesPerPEM)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("no PEM certificate found")
+	}
+	return certs, nil
+}
+
+// ParsePrivateKeyPEM decodes the first PEM block of b as a PKCS#8, SEC 1
+// (EC PRIVATE KEY) or PKCS#1 (RSA PRIVATE KEY) private key.
+func ParsePrivateKeyPEM(b []byte) (crypto.Signer, error) {
+	if len(b) > MaxPrivateKeyPEMSize {
+		return nil, fmt.Errorf("private key PEM is %d bytes, over the limit of %d", len(b), MaxPrivateKeyPEMSize)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, errors.New("no PEM private key found")
+	}
+	var (
+		key    any
+		err    error
+		format string
+	)
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+		format = "PKCS#8"
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(block.Bytes)
+		format = "SEC 1 (EC)"
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+		format = "PKCS#1 (RSA)"
+	default:
+		return nil, fmt.Errorf("PEM block of type %q is not a private key", block.Type)
+	}
+	if err != nil {
+		// Say which format failed, not how: the parser's detail is noise
+		// to a user, and nothing about a key belongs in a message.
+		return nil, fmt.Errorf("the %s private key cannot be decoded", format)
+	}
+	switch k := key.(type) {
+	case *ecdsa.PrivateKey:
+		return k, nil
+	case *rsa.PrivateKey:
+		return k, nil
+	case ed25519.PrivateKey:
+		return k, nil
+	default:
+		return nil, fmt.Errorf("unsupported private key type %T", key)
+	}
+}
+
+// EncodeCertificatesPEM encodes certs as consecutive CERTIFICATE blocks.
+func EncodeCertificatesPEM(certs ...*x509.Certificate) []byte {
+	out := make([]byte, 0, 800*len(certs))
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+// EncodePrivateKeyPEM encodes key as a PKCS#8 "PRIVATE KEY" block.
+func EncodePrivateKeyPEM(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding private key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// publicKeysEqual reports whether the two public keys are the same key.
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	ea, ok := a.(equaler)
+	return ok && ea.Equal(b)
+}
+
+// KeyMatchesCertificate reports whether key is the private key of cert.
+func KeyMatchesCertificate(key crypto.Signer, cert *x509.Certificate) bool {
+	return publicKeysEqual(key.Public(), cert.PublicKey)
+}
