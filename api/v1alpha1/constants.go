@@ -35,8 +35,12 @@ const (
 	// ReasonSecretConflict: a Secret of the requested name exists and was not
 	// created by agentmesh for this identity; it is left untouched.
 	ReasonSecretConflict = "SecretConflict"
-	// ReasonIdle: no issuance is under way.
-	ReasonIdle = "Idle"
+	// ReasonCAChanged: the certificate was signed by a CA that is no longer
+	// trusted, and a certificate from the current CA is issued.
+	ReasonCAChanged = "CAChanged"
+	// ReasonKeyGenerating: a slow (RSA) key is being generated off the
+	// reconcile path; issuance follows as soon as it is ready.
+	ReasonKeyGenerating = "KeyGenerating"
 	// ReasonCompiled: the policy is compiled into every selected identity's
 	// trust ConfigMap.
 	ReasonCompiled = "Compiled"
@@ -55,8 +59,15 @@ const (
 	// ManagedByValue is the value of LabelManagedBy on agentmesh's objects.
 	ManagedByValue = "agentmesh"
 	// AnnotationContentHash holds a hash of what the operator wrote into a
-	// Secret or ConfigMap, so that unchanged content is never written again.
+	// ConfigMap, so that unchanged content is never written again.
 	AnnotationContentHash = "mtls.agentmesh.dev/content-hash"
+	// AnnotationSpecHash on an identity Secret holds a hash of the spec
+	// fields the certificate was issued for (SPIFFE ID, DNS names, key
+	// algorithm and size, duration); a different hash means a spec change.
+	AnnotationSpecHash = "mtls.agentmesh.dev/spec-hash"
+	// AnnotationSPIFFEID on an identity Secret names the SPIFFE ID of the
+	// certificate it holds.
+	AnnotationSPIFFEID = "mtls.agentmesh.dev/spiffe-id"
 )
 
 // Fixed names of the API.

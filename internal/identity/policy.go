@@ -1,0 +1,180 @@
+package identity
+
+import (
+	"bytes"
+	"crypto/x509"
+	"fmt"
+	"slices"
+	"time"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+)
+
+// Observed is what is in place for one identity.
+type Observed struct {
+	// Data is the identity Secret's data; nil when there is no Secret.
+	Data map[string][]byte
+	// SpecHash is the Secret's spec-hash annotation.
+	SpecHash string
+	// EverIssued says a certificate was issued before (the status has a
+	// serial number), to tell a first issuance from a repair.
+	EverIssued bool
+	// UID is the identity's UID, part of the renewal jitter seed.
+	UID string
+}
+
+// Current is a certificate in place that is fit for use.
+type Current struct {
+	Leaf        *x509.Certificate
+	Chain       []*x509.Certificate
+	RenewalTime time.Time
+}
+
+// Decision says what to do about one identity's Secret.
+type Decision struct {
+	// Reissue says a new key and certificate must be issued, for Reason
+	// (a condition reason) and Message (human readable, no key material).
+	Reissue bool
+	Reason  string
+	Message string
+	// Current is the certificate in place when it stays (Reissue false).
+	Current *Current
+	// BundleStale says ca.crt differs from the current trust bundle and must
+	// be rewritten, without reissuing.
+	BundleStale bool
+}
+
+// check is one link of the reissue policy chain: it returns a non-empty
+// reason (and a message) when the Secret in place must be reissued.
+type check func(c *checkContext) (reason, message string)
+
+type checkContext struct {
+	req   Request
+	ca    *ca.State
+	obs   Observed
+	now   time.Time
+	leaf  *x509.Certificate
+	chain []*x509.Certificate
+	// renewal is filled by the parse step for the later checks.
+	renewal time.Time
+}
+
+// chain is the ordered reissue policy chain; the first check that fires
+// decides the reason.
+var chain = []check{
+	secretMissing,
+	parseAndMatchKey,
+	wrongIdentity,
+	wrongChain,
+	untrustedCA,
+	specChanged,
+	renewalDue,
+}
+
+// Decide runs the reissue policy chain over what is in place.
+func Decide(req Request, st *ca.State, obs Observed, now time.Time) Decision {
+	c := &checkContext{req: req, ca: st, obs: obs, now: now}
+	for _, ch := range chain {
+		if reason, msg := ch(c); reason != "" {
+			return Decision{Reissue: true, Reason: reason, Message: msg}
+		}
+	}
+	return Decision{
+		Current:     &Current{Leaf: c.leaf, Chain: c.chain, RenewalTime: c.renewal},
+		BundleStale: !bytes.Equal(obs.Data[SecretTrustKey], st.BundlePEM()),
+	}
+}
+
+// RenewalFor computes the renewal time of leaf for req and the identity UID.
+func RenewalFor(req Request, uid string, leaf *x509.Certificate) time.Time {
+	return RenewalTime(leaf.NotBefore, leaf.NotAfter, req.RenewBefore, req.RenewBeforePercentage,
+		Jitter(uid+"/"+ca.SerialHex(leaf.SerialNumber)))
+}
+
+func secretMissing(c *checkContext) (string, string) {
+	if c.obs.Data != nil {
+		return "", ""
+	}
+	if !c.obs.EverIssued {
+		return mtlsv1alpha1.ReasonPending, "issuing the first certificate"
+	}
+	return mtlsv1alpha1.ReasonSecretRepaired, "the Secret was missing"
+}
+
+func parseAndMatchKey(c *checkContext) (string, string) {
+	certPEM := c.obs.Data[SecretCertKey]
+	if len(certPEM) == 0 {
+		return mtlsv1alpha1.ReasonSecretRepaired, "the Secret has no " + SecretCertKey
+	}
+	certs, err := ca.ParseCertificatesPEM(certPEM)
+	if err != nil {
+		return mtlsv1alpha1.ReasonSecretRepaired, fmt.Sprintf("%s cannot be parsed: %v", SecretCertKey, err)
+	}
+	keyPEM := c.obs.Data[SecretKeyKey]
+	if len(keyPEM) == 0 {
+		return mtlsv1alpha1.ReasonSecretRepaired, "the Secret has no " + SecretKeyKey
+	}
+	key, err := ca.ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return mtlsv1alpha1.ReasonSecretRepaired, fmt.Sprintf("%s cannot be parsed: %v", SecretKeyKey, err)
+	}
+	if !ca.KeyMatchesCertificate(key, certs[0]) {
+		return mtlsv1alpha1.ReasonSecretRepaired, fmt.Sprintf("%s does not match the certificate in %s", SecretKeyKey, SecretCertKey)
+	}
+	c.leaf, c.chain = certs[0], certs[1:]
+	c.renewal = RenewalFor(c.req, c.obs.UID, c.leaf)
+	return "", ""
+}
+
+func wrongIdentity(c *checkContext) (string, string) {
+	if len(c.leaf.URIs) != 1 || c.leaf.URIs[0].String() != c.req.SPIFFEID.String() {
+		return mtlsv1alpha1.ReasonSecretRepaired, fmt.Sprintf("%s holds a certificate for %v, not %s", SecretCertKey, c.leaf.URIs, c.req.SPIFFEID)
+	}
+	if c.leaf.IsCA {
+		return mtlsv1alpha1.ReasonSecretRepaired, SecretCertKey + " holds a CA certificate"
+	}
+	return "", ""
+}
+
+func wrongChain(c *checkContext) (string, string) {
+	want := ExpectedChain(c.ca)
+	if !slices.EqualFunc(c.chain, want, func(a, b *x509.Certificate) bool { return a.Equal(b) }) {
+		// A leaf from another CA has another chain too; let the CA check
+		// name the cause.
+		if !c.ca.Trusts(c.leaf, c.chain) {
+			return "", ""
+		}
+		return mtlsv1alpha1.ReasonSecretRepaired, fmt.Sprintf("the chain in %s is not the CA's chain", SecretCertKey)
+	}
+	return "", ""
+}
+
+func untrustedCA(c *checkContext) (string, string) {
+	if !c.ca.Trusts(c.leaf, c.chain) {
+		return mtlsv1alpha1.ReasonCAChanged, "the certificate was signed by a CA that is no longer trusted"
+	}
+	return "", ""
+}
+
+func specChanged(c *checkContext) (string, string) {
+	if c.obs.SpecHash != c.req.Hash() {
+		return mtlsv1alpha1.ReasonSpecChanged, "the spec changed since the certificate was issued"
+	}
+	dns := slices.Clone(c.leaf.DNSNames)
+	slices.Sort(dns)
+	if !slices.Equal(dns, c.req.DNSNames) || !KeyMatchesRequest(c.leaf.PublicKey, c.req) {
+		return mtlsv1alpha1.ReasonSpecChanged, "the certificate's DNS names or key type differ from the spec"
+	}
+	return "", ""
+}
+
+func renewalDue(c *checkContext) (string, string) {
+	if !c.now.Before(c.leaf.NotAfter) {
+		return mtlsv1alpha1.ReasonRenewing, "the certificate expired at " + c.leaf.NotAfter.UTC().Format(time.RFC3339)
+	}
+	if !c.now.Before(c.renewal) {
+		return mtlsv1alpha1.ReasonRenewing, "renewal time " + c.renewal.UTC().Format(time.RFC3339) + " reached"
+	}
+	return "", ""
+}
