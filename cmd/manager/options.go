@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/types"
@@ -20,6 +21,8 @@ import (
 type options struct {
 	trustDomain             spiffeid.TrustDomain
 	caSecret                types.NamespacedName
+	caLifetime              time.Duration
+	keyWorkers              int
 	metricsAddr             string
 	metricsSecure           bool
 	probeAddr               string
@@ -47,6 +50,10 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 	fs.StringVar(&caSecret, "ca-secret", "agentmesh-system/agentmesh-ca",
 		"Secret, as namespace/name, that holds the agent CA (tls.crt, tls.key, optional ca.crt); created if absent. "+
 			"Its namespace is the operator's namespace.")
+	fs.DurationVar(&o.caLifetime, "ca-lifetime", 365*24*time.Hour,
+		"Lifetime of the self-signed root CA the operator creates when --ca-secret does not exist.")
+	fs.IntVar(&o.keyWorkers, "key-workers", 1,
+		"Number of RSA keys generated in parallel, off the reconcile path (ECDSA and Ed25519 keys are generated inline).")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443",
 		"Address the Prometheus metrics endpoint binds to; \"0\" disables it.")
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true,
@@ -122,6 +129,10 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		return nil, fmt.Errorf("invalid value %d for flag -max-concurrent-reconciles: must be between 1 and 1024", o.maxConcurrentReconciles)
 	case o.webhookPort < 1 || o.webhookPort > 65535:
 		return nil, fmt.Errorf("invalid value %d for flag -webhook-port: must be between 1 and 65535", o.webhookPort)
+	case o.caLifetime < time.Hour:
+		return nil, fmt.Errorf("invalid value %s for flag -ca-lifetime: must be at least 1h", o.caLifetime)
+	case o.keyWorkers < 1 || o.keyWorkers > 64:
+		return nil, fmt.Errorf("invalid value %d for flag -key-workers: must be between 1 and 64", o.keyWorkers)
 	case o.webhookCertDir == "":
 		return nil, errors.New("invalid value \"\" for flag -webhook-cert-dir: must not be empty")
 	}

@@ -13,8 +13,10 @@ import (
 	"path/filepath"
 	"time"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 )
 
 // Options configure a local control plane.
@@ -25,6 +27,9 @@ type Options struct {
 	Output io.Writer
 	// WithoutCRDs skips installing config/crd/bases.
 	WithoutCRDs bool
+	// TransformCRD, when set, changes each CRD of config/crd/bases before it
+	// is installed (tests use it to install a CRD without validation).
+	TransformCRD func(*apiextensionsv1.CustomResourceDefinition)
 }
 
 // Cluster is a running local control plane.
@@ -89,7 +94,18 @@ func Start(opts Options) (*Cluster, error) {
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  30 * time.Second,
 	}
-	if !opts.WithoutCRDs {
+	switch {
+	case opts.WithoutCRDs:
+	case opts.TransformCRD != nil:
+		crds, err := readCRDs(filepath.Join(root, "config", "crd", "bases"))
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range crds {
+			opts.TransformCRD(c)
+		}
+		env.CRDs = crds
+	default:
 		env.CRDDirectoryPaths = []string{filepath.Join(root, "config", "crd", "bases")}
 	}
 	if opts.Output != nil {
@@ -110,6 +126,26 @@ func Start(opts Options) (*Cluster, error) {
 	// Keep the client fast: tests and the dev cluster create many objects.
 	cfg.QPS, cfg.Burst = 500, 1000
 	return &Cluster{Env: env, Config: cfg, Root: root}, nil
+}
+
+func readCRDs(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var crds []*apiextensionsv1.CustomResourceDefinition
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		c := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.Unmarshal(b, c); err != nil {
+			return nil, fmt.Errorf("cluster: %s: %w", f, err)
+		}
+		crds = append(crds, c)
+	}
+	return crds, nil
 }
 
 // Stop stops kube-apiserver and etcd and removes their data.

@@ -1,0 +1,280 @@
+package controller_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/logging"
+	"github.com/agentmesh/agentmesh/internal/operator"
+	"github.com/agentmesh/agentmesh/test/cluster"
+)
+
+const operatorNamespace = "agentmesh-system"
+
+var (
+	env      *cluster.Cluster
+	k8s      client.Client
+	clk      = &testClock{}
+	td       = spiffeid.RequireTrustDomainFromString("cluster.local")
+	caSecret = types.NamespacedName{Namespace: operatorNamespace, Name: "agentmesh-ca"}
+
+	// logs holds everything the operator logged, at the highest verbosity.
+	logs = &syncBuffer{}
+
+	// running is the operator under test; restartOperator replaces it.
+	running *runningOperator
+)
+
+type runningOperator struct {
+	op     *operator.Operator
+	cancel context.CancelFunc
+	done   chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	// Log at the highest verbosity the operator offers, into a buffer that
+	// TestNoPrivateKeyInLogs searches.
+	ctrl.SetLogger(logging.Cap(zap.New(zap.WriteTo(logs), zap.Level(zapcore.Level(-127)))))
+
+	var err error
+	env, err = cluster.Start(cluster.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	k8s, err = client.New(env.Config, client.Options{Scheme: operator.NewScheme()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := startOperator(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := m.Run()
+	stopOperator()
+	if code != 0 && os.Getenv("AGENTMESH_TEST_LOGS") != "" {
+		fmt.Fprintln(os.Stderr, logs.String())
+	}
+	return code
+}
+
+// startOperator runs the operator, exactly as cmd/manager wires it, with the
+// fake clock, and waits until it has loaded the CA.
+func startOperator() error {
+	op, err := operator.New(env.Config, operator.Config{
+		TrustDomain:             td,
+		CASecret:                caSecret,
+		MaxConcurrentReconciles: 4,
+		Clock:                   clk,
+	}, ctrl.Options{
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		// The tests restart the operator in one process.
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningOperator{op: op, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- op.Manager.Start(ctx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := op.CA.Get(); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			return fmt.Errorf("the operator did not load the CA within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	running = r
+	return nil
+}
+
+func stopOperator() {
+	if running == nil {
+		return
+	}
+	running.cancel()
+	if err := <-running.done; err != nil {
+		fmt.Fprintln(os.Stderr, "the operator ended with:", err)
+	}
+	running = nil
+}
+
+// testClock runs with real time, from an offset the tests move: backoffs
+// and requeues expire as they would, and a test jumps to a renewal time.
+type testClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *testClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+// SetTime moves the clock to t (it keeps running from there).
+func (c *testClock) SetTime(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset = time.Until(t)
+}
+
+// Step moves the clock forward by d.
+func (c *testClock) Step(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
+}
+
+// --- helpers shared by the tests ---
+
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "agents-"}}
+	if err := k8s.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+func newIdentity(ns, name string, mutate ...func(*mtlsv1alpha1.AgentIdentity)) *mtlsv1alpha1.AgentIdentity {
+	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	for _, m := range mutate {
+		m(id)
+	}
+	return id
+}
+
+func create(t *testing.T, obj client.Object) {
+	t.Helper()
+	if err := k8s.Create(context.Background(), obj); err != nil {
+		t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
+	}
+}
+
+// eventually polls f every 25ms until it returns nil or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// waitCondition waits for an identity's condition to have the given status
+// and reason, and returns the identity.
+func waitCondition(t *testing.T, nn types.NamespacedName, typ string, status metav1.ConditionStatus, reason string) *mtlsv1alpha1.AgentIdentity {
+	t.Helper()
+	return waitConditionWithin(t, 20*time.Second, nn, typ, status, reason)
+}
+
+func waitConditionWithin(t *testing.T, timeout time.Duration, nn types.NamespacedName, typ string, status metav1.ConditionStatus, reason string) *mtlsv1alpha1.AgentIdentity {
+	t.Helper()
+	id := &mtlsv1alpha1.AgentIdentity{}
+	eventually(t, timeout, fmt.Sprintf("%s %s=%s/%s", nn, typ, status, reason), func() error {
+		if err := k8s.Get(context.Background(), nn, id); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(id.Status.Conditions, typ)
+		if c == nil || c.Status != status || c.Reason != reason {
+			return fmt.Errorf("condition is %+v", c)
+		}
+		return nil
+	})
+	return id
+}
+
+func waitReady(t *testing.T, nn types.NamespacedName) *mtlsv1alpha1.AgentIdentity {
+	t.Helper()
+	return waitCondition(t, nn, mtlsv1alpha1.ConditionReady, metav1.ConditionTrue, mtlsv1alpha1.ReasonIssued)
+}
+
+func getSecret(t *testing.T, ns, name string) *corev1.Secret {
+	t.Helper()
+	s := &corev1.Secret{}
+	if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, s); err != nil {
+		t.Fatalf("getting Secret %s/%s: %v", ns, name, err)
+	}
+	return s
+}
+
+// waitEvent waits for an Event with the reason about obj and returns its note.
+func waitEvent(t *testing.T, obj client.Object, kind, reason string) string {
+	t.Helper()
+	var note string
+	eventually(t, 10*time.Second, "event "+reason+" on "+obj.GetName(), func() error {
+		list := &eventsv1.EventList{}
+		if err := k8s.List(context.Background(), list, client.InNamespace(obj.GetNamespace())); err != nil {
+			return err
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == obj.GetName() && e.Regarding.Kind == kind && e.Reason == reason {
+				note = e.Note
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s event among %d", reason, len(list.Items))
+	})
+	return note
+}

@@ -1,0 +1,156 @@
+// Package operator assembles the agentmesh manager: the scheme, the
+// label-scoped caches, the CA cache, every controller, and the health and
+// readiness checks. cmd/manager and the tests build the manager through it,
+// so that the tests run exactly the wiring that ships.
+package operator
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/controller"
+)
+
+// Config is what the operator needs beyond the manager's own options.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// CASecret is the CA Secret; its namespace is the operator's namespace.
+	CASecret types.NamespacedName
+	// CALifetime is the lifetime of a bootstrapped root (ca.DefaultLifetime
+	// when zero).
+	CALifetime time.Duration
+	// MaxConcurrentReconciles per controller.
+	MaxConcurrentReconciles int
+	// KeyWorkers bounds the parallel generation of slow (RSA) keys.
+	KeyWorkers int
+	// Clock drives every time-based decision; the real clock when nil.
+	Clock clock.PassiveClock
+}
+
+// Operator is a configured manager and the shared state of its controllers.
+type Operator struct {
+	Manager manager.Manager
+	CA      *ca.Holder
+}
+
+// NewScheme returns the scheme of every kind the operator reads or writes.
+func NewScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(mtlsv1alpha1.AddToScheme(s))
+	return s
+}
+
+// ManagedSelector selects the Secrets and ConfigMaps that agentmesh writes.
+// The operator's caches hold only those, so its memory grows with its own
+// objects and not with every Secret in the cluster.
+func ManagedSelector() labels.Selector {
+	return labels.SelectorFromSet(labels.Set{mtlsv1alpha1.LabelManagedBy: mtlsv1alpha1.ManagedByValue})
+}
+
+// New builds the manager. opts carries the server settings (metrics,
+// probes, webhook server, leader election); New sets the scheme and caches.
+func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("operator: no trust domain")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.KeyWorkers <= 0 {
+		cfg.KeyWorkers = 1
+	}
+	opts.Scheme = NewScheme()
+	opts.Cache = cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}:    {Label: ManagedSelector()},
+			&corev1.ConfigMap{}: {Label: ManagedSelector()},
+		},
+	}
+	mgr, err := ctrl.NewManager(restConfig, opts)
+	if err != nil {
+		return nil, fmt.Errorf("creating manager: %w", err)
+	}
+
+	// The CA Secret may be a user's, without our label: it gets a cache of
+	// its own that holds that one Secret.
+	caCache, err := cache.New(restConfig, cache.Options{
+		Scheme:            mgr.GetScheme(),
+		Mapper:            mgr.GetRESTMapper(),
+		HTTPClient:        mgr.GetHTTPClient(),
+		DefaultNamespaces: map[string]cache.Config{cfg.CASecret.Namespace: {}},
+		DefaultTransform:  cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Field: fields.OneTermEqualSelector("metadata.name", cfg.CASecret.Name)},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the CA cache: %w", err)
+	}
+	if err := mgr.Add(caCache); err != nil {
+		return nil, err
+	}
+
+	holder := &ca.Holder{}
+	metrics := controller.NewMetrics()
+	rec := mgr.GetEventRecorder("agentmesh")
+	if err := (&controller.CAReconciler{
+		Client:      mgr.GetClient(),
+		Reader:      caCache,
+		Cache:       caCache,
+		Recorder:    rec,
+		Clock:       cfg.Clock,
+		Holder:      holder,
+		Secret:      cfg.CASecret,
+		TrustDomain: cfg.TrustDomain,
+		Lifetime:    cfg.CALifetime,
+		Metrics:     metrics,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the CA controller: %w", err)
+	}
+	if err := (&controller.AgentIdentityReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Recorder:                rec,
+		Clock:                   cfg.Clock,
+		CA:                      holder,
+		Keys:                    controller.NewKeyPool(cfg.KeyWorkers),
+		Metrics:                 metrics,
+		TrustDomain:             cfg.TrustDomain,
+		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the AgentIdentity controller: %w", err)
+	}
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("ca", func(*http.Request) error {
+		_, err := holder.Get()
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return &Operator{Manager: mgr, CA: holder}, nil
+}
