@@ -106,7 +106,11 @@ func run() error {
 		if err := runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "apply", "-f", filepath.Join(root, "config", "samples")); err != nil {
 			return err
 		}
-		_ = runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "get", "agentidentities,agenttrustpolicies", "-A")
+		say("waiting for the sample identities to be Ready")
+		if err := runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "wait", "--for=condition=Ready", "agentidentity", "--all", "-n", "agents", "--timeout=60s"); err != nil {
+			return err
+		}
+		_ = runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "get", "agentidentities", "-A")
 	}
 
 	fmt.Printf(`
@@ -114,8 +118,9 @@ agentmesh is running against a local control plane. In another terminal:
 
   export KUBECONFIG=%s
   export PATH=%s:$PATH
-  kubectl get agentidentities -A
-  kubectl get agenttrustpolicies -A -o wide
+  kubectl get agentidentities -A -o wide
+  kubectl get secret worker-tls -n agents -o jsonpath='{.data.tls\.crt}' | base64 -d | openssl x509 -noout -text
+  kubectl get events -n agents
 
 Press Ctrl-C to stop the operator and the control plane.
 `, kubeconfig, filepath.Dir(kubectl))
