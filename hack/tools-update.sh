@@ -29,6 +29,7 @@ mod=$(go mod download -json "k8s.io/kubernetes@$kube" | awk -F'"' '/"GoMod"/ { p
 mv "$dir/go.mod.new" "$dir/go.mod"
 rm -f "$dir/go.sum"
 cd "$dir"
-go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$kube" "k8s.io/kubernetes/cmd/kubectl@$kube"
+go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$kube" "k8s.io/kubernetes/cmd/kube-controller-manager@$kube" \
+	"k8s.io/kubernetes/cmd/kubectl@$kube"
 go mod tidy
 echo "hack/tools/kubernetes now pins k8s.io/kubernetes $kube"

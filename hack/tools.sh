@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the project's pinned tools into bin/ from the Go module proxy.
 #
-# Nothing is downloaded as a prebuilt binary: kube-apiserver and kubectl come
-# from k8s.io/kubernetes (hack/tools/kubernetes), etcd from
+# Nothing is downloaded as a prebuilt binary: kube-apiserver,
+# kube-controller-manager (garbage collection, namespace deletion and service
+# account tokens for the local control plane) and kubectl come from
+# k8s.io/kubernetes (hack/tools/kubernetes), etcd from
 # go.etcd.io/etcd/server/v3 (hack/tools/etcd), and helm, controller-gen and
 # golangci-lint from `go install <pkg>@<version>`. Each binary is written once
 # to bin/tools/<name>-<version> and linked as bin/<name>, so a second run only
@@ -73,6 +75,7 @@ one() {
 	case $1 in
 	kube-apiserver) install kube-apiserver "$kube_version" build_kube k8s.io/kubernetes/cmd/kube-apiserver ;;
 	kubectl) install kubectl "$kube_version" build_kube k8s.io/kubernetes/cmd/kubectl ;;
+	kube-controller-manager) install kube-controller-manager "$kube_version" build_kube k8s.io/kubernetes/cmd/kube-controller-manager ;;
 	etcd) install etcd "$etcd_version" build_etcd ;;
 	helm) install helm "$HELM_VERSION" build_go_install helm.sh/helm/v4/cmd/helm "$HELM_VERSION" \
 		"-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" ;;
@@ -89,6 +92,6 @@ one() {
 }
 
 if [[ $# -eq 0 ]]; then
-	set -- controller-gen etcd kube-apiserver kubectl helm golangci-lint
+	set -- controller-gen etcd kube-apiserver kube-controller-manager kubectl helm golangci-lint
 fi
 for t in "$@"; do one "$t"; done

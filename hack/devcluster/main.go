@@ -55,8 +55,8 @@ func run() error {
 	}
 	defer func() { _ = cpLog.Close() }()
 
-	say("starting etcd and kube-apiserver on 127.0.0.1 (logs: %s)", cpLog.Name())
-	c, err := cluster.Start(cluster.Options{Output: cpLog})
+	say("starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (logs: %s)", cpLog.Name())
+	c, err := cluster.Start(cluster.Options{Output: cpLog, ControllerManager: true})
 	if err != nil {
 		return err
 	}

@@ -663,3 +663,23 @@ func secretNeedles(keyPEM []byte) []string {
 	needles = append(needles, base64.StdEncoding.EncodeToString(keyPEM)[:60])
 	return needles
 }
+
+// TestDeletingIdentityDeletesSecret relies on the owner reference: the
+// garbage collector of kube-controller-manager removes the Secret.
+func TestDeletingIdentityDeletesSecret(t *testing.T) {
+	ns := newNamespace(t)
+	id := newIdentity(ns, "ephemeral")
+	create(t, id)
+	waitReady(t, client.ObjectKeyFromObject(id))
+	getSecret(t, ns, "ephemeral-tls")
+	if err := k8s.Delete(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the garbage collector removes the Secret", func() error {
+		err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "ephemeral-tls"}, &corev1.Secret{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("Secret still there: %v", err)
+	})
+}

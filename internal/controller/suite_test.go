@@ -78,7 +78,7 @@ func runSuite(m *testing.M) int {
 	ctrl.SetLogger(logging.Cap(zap.New(zap.WriteTo(logs), zap.Level(zapcore.Level(-127)))))
 
 	var err error
-	env, err = cluster.Start(cluster.Options{})
+	env, err = cluster.Start(cluster.Options{ControllerManager: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -27,6 +29,10 @@ type Options struct {
 	Output io.Writer
 	// WithoutCRDs skips installing config/crd/bases.
 	WithoutCRDs bool
+	// ControllerManager also runs kube-controller-manager with the
+	// controllers a local cluster needs: garbage collection (owner
+	// references), namespace deletion, and the default service accounts.
+	ControllerManager bool
 	// TransformCRD, when set, changes each CRD of config/crd/bases before it
 	// is installed (tests use it to install a CRD without validation).
 	TransformCRD func(*apiextensionsv1.CustomResourceDefinition)
@@ -40,6 +46,10 @@ type Cluster struct {
 	Config *rest.Config
 	// Root is the repository root.
 	Root string
+
+	kcm    *exec.Cmd
+	kcmDir string
+	kcmErr chan error
 }
 
 // RepoRoot finds the repository root by walking up from the working
@@ -83,7 +93,11 @@ func Start(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	assets := AssetsDir(root)
-	for _, b := range []string{"kube-apiserver", "etcd", "kubectl"} {
+	bins := []string{"kube-apiserver", "etcd", "kubectl"}
+	if opts.ControllerManager {
+		bins = append(bins, "kube-controller-manager")
+	}
+	for _, b := range bins {
 		if _, err := os.Stat(filepath.Join(assets, b)); err != nil {
 			return nil, fmt.Errorf("cluster: %s not found in %s: run `make tools` first", b, assets)
 		}
@@ -125,7 +139,48 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	// Keep the client fast: tests and the dev cluster create many objects.
 	cfg.QPS, cfg.Burst = 500, 1000
-	return &Cluster{Env: env, Config: cfg, Root: root}, nil
+	c := &Cluster{Env: env, Config: cfg, Root: root}
+	if opts.ControllerManager {
+		if err := c.startControllerManager(assets, opts.Output); err != nil {
+			_ = c.Stop()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// startControllerManager runs kube-controller-manager against the API
+// server with an admin kubeconfig, serving nothing.
+func (c *Cluster) startControllerManager(assets string, out io.Writer) error {
+	dir, err := os.MkdirTemp("", "agentmesh-kcm-")
+	if err != nil {
+		return err
+	}
+	c.kcmDir = dir
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := c.WriteAdminKubeconfig(kubeconfig); err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(assets, "kube-controller-manager"),
+		"--kubeconfig="+kubeconfig,
+		"--controllers=garbagecollector,namespace,serviceaccount",
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--use-service-account-credentials=false",
+		"--concurrent-gc-syncs=5",
+	)
+	if out == nil {
+		out = io.Discard
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("cluster: starting kube-controller-manager: %w", err)
+	}
+	c.kcm = cmd
+	c.kcmErr = make(chan error, 1)
+	go func() { c.kcmErr <- cmd.Wait() }()
+	return nil
 }
 
 func readCRDs(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
@@ -148,8 +203,22 @@ func readCRDs(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	return crds, nil
 }
 
-// Stop stops kube-apiserver and etcd and removes their data.
+// Stop stops kube-controller-manager, kube-apiserver and etcd and removes
+// their data.
 func (c *Cluster) Stop() error {
+	if c.kcm != nil {
+		_ = c.kcm.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.kcmErr:
+		case <-time.After(10 * time.Second):
+			_ = c.kcm.Process.Kill()
+			<-c.kcmErr
+		}
+		c.kcm = nil
+	}
+	if c.kcmDir != "" {
+		_ = os.RemoveAll(c.kcmDir)
+	}
 	return c.Env.Stop()
 }
 
