@@ -683,3 +683,26 @@ func TestDeletingIdentityDeletesSecret(t *testing.T) {
 		return fmt.Errorf("Secret still there: %v", err)
 	})
 }
+
+// TestOneWriteOfEachPerIssuance watches the API server while an identity
+// is issued: one Secret write and one status write, nothing more.
+func TestOneWriteOfEachPerIssuance(t *testing.T) {
+	ns := newNamespace(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes := watchChanges(t, ctx, ns)
+	id := newIdentity(ns, "frugal")
+	create(t, id)
+	waitReady(t, client.ObjectKeyFromObject(id))
+	time.Sleep(2 * time.Second)
+	got := changes()
+	slices.Sort(got)
+	want := []string{
+		"ADDED *v1.Secret frugal-tls",
+		"ADDED *v1alpha1.AgentIdentity frugal",
+		"MODIFIED *v1alpha1.AgentIdentity frugal",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("writes seen by the API server:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
