@@ -1,0 +1,263 @@
+package policy
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// SchemaVersion is the version of the policy.json contract.
+const SchemaVersion = "agentmesh.dev/policy/v1"
+
+// Posture is what a direction allows when no policy governs it.
+type Posture string
+
+const (
+	// AllowAuthenticated allows every peer of the identity's own trust domain.
+	AllowAuthenticated Posture = "allow-authenticated"
+	// Deny allows no peer.
+	Deny Posture = "deny"
+)
+
+// Modes of a resolved direction.
+const (
+	ModeEnforce = "Enforce"
+	ModeAudit   = "Audit"
+)
+
+// Identity is an AgentIdentity as resolution sees it.
+type Identity struct {
+	Namespace string
+	Name      string
+	Labels    map[string]string
+}
+
+// Namespace is a namespace and its labels.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// World is the rest of the cluster that peers may select.
+type World interface {
+	// Identities lists the identities of a namespace.
+	Identities(namespace string) []Identity
+	// Namespaces lists every namespace.
+	Namespaces() []Namespace
+}
+
+// Effective is the effective policy of one identity: the policy.json an
+// agent enforces.
+type Effective struct {
+	// Version is SchemaVersion.
+	Version string `json:"version"`
+	// SPIFFEID is the identity's own SPIFFE ID.
+	SPIFFEID string `json:"spiffeID"`
+	// TrustDomain is the identity's own trust domain.
+	TrustDomain string `json:"trustDomain"`
+	// Ingress says who may connect to the identity; Egress whom it may
+	// connect to.
+	Ingress Allowed `json:"ingress"`
+	Egress  Allowed `json:"egress"`
+	// TrustDomains maps each trust domain in bundle.pem to the SHA-256
+	// fingerprints (hex) of its CA certificates, so that a peer of one
+	// trust domain is verified against that trust domain's CAs only.
+	TrustDomains map[string][]string `json:"trustDomains"`
+}
+
+// Allowed is the resolved allow list of one direction. A peer is allowed
+// when allowAll is true, its SPIFFE ID equals one of spiffeIDs, or it
+// starts with one of prefixes (which end in "/", so they match whole path
+// segments). Peers must in any case verify against the bundle of their own
+// trust domain.
+type Allowed struct {
+	// Mode is Enforce (refuse peers that are not allowed) or Audit (allow
+	// them and report).
+	Mode string `json:"mode"`
+	// AllowAll allows every peer that verifies against the trust bundle.
+	AllowAll bool `json:"allowAll"`
+	// SPIFFEIDs are allowed exact SPIFFE IDs.
+	SPIFFEIDs []string `json:"spiffeIDs"`
+	// Prefixes are allowed SPIFFE ID prefixes: a trust domain
+	// ("spiffe://td/") or a namespace ("spiffe://td/ns/<ns>/").
+	Prefixes []string `json:"prefixes"`
+	// Policies names the AgentTrustPolicies that govern this direction;
+	// empty when the default posture applies.
+	Policies []string `json:"policies"`
+	// Default is the default posture when no policy governs the direction.
+	Default Posture `json:"default,omitempty"`
+}
+
+// Allows reports whether the allow list lets a peer with this SPIFFE ID in
+// (Audit mode aside).
+func (a *Allowed) Allows(id string) bool {
+	if a.AllowAll || slices.Contains(a.SPIFFEIDs, id) {
+		return true
+	}
+	for _, p := range a.Prefixes {
+		if strings.HasPrefix(id, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Input is everything the effective policy of one identity depends on.
+type Input struct {
+	TrustDomain spiffeid.TrustDomain
+	Default     Posture
+	Identity    Identity
+	// Policies are the compiled policies of the identity's namespace.
+	Policies []*Compiled
+	World    World
+}
+
+// Resolve computes the effective policy of one identity. It also returns
+// the policies that select the identity (for its trust bundles and status),
+// sorted by name.
+func Resolve(in Input) (*Effective, []*Compiled) {
+	self, _ := spiffeid.FromSegments(in.TrustDomain, "ns", in.Identity.Namespace, "agent", in.Identity.Name)
+	eff := &Effective{Version: SchemaVersion, SPIFFEID: self.String(), TrustDomain: in.TrustDomain.Name()}
+	var selecting []*Compiled
+	for _, p := range in.Policies {
+		if p.Namespace == in.Identity.Namespace && p.Selects(in.Identity.Labels) {
+			selecting = append(selecting, p)
+		}
+	}
+	slices.SortFunc(selecting, func(a, b *Compiled) int { return strings.Compare(a.Name, b.Name) })
+	eff.Ingress = resolveDirection(in, selecting, func(p *Compiled) *Direction { return p.Ingress })
+	eff.Egress = resolveDirection(in, selecting, func(p *Compiled) *Direction { return p.Egress })
+	return eff, selecting
+}
+
+func resolveDirection(in Input, selecting []*Compiled, dir func(*Compiled) *Direction) Allowed {
+	a := Allowed{Mode: ModeEnforce, SPIFFEIDs: []string{}, Prefixes: []string{}, Policies: []string{}}
+	audit := true
+	for _, p := range selecting {
+		d := dir(p)
+		if d == nil {
+			continue
+		}
+		a.Policies = append(a.Policies, p.Name)
+		audit = audit && p.Audit
+		for _, r := range d.Rules {
+			if r.All {
+				a.AllowAll = true
+				continue
+			}
+			for _, peer := range r.Peers {
+				addPeer(&a, in, p, peer)
+			}
+		}
+	}
+	if len(a.Policies) == 0 {
+		a.Default = in.Default
+		if in.Default != Deny {
+			a.Prefixes = append(a.Prefixes, trustDomainPrefix(in.TrustDomain))
+		}
+		return normalize(a)
+	}
+	if audit {
+		a.Mode = ModeAudit
+	}
+	return normalize(a)
+}
+
+func addPeer(a *Allowed, in Input, p *Compiled, peer Peer) {
+	for _, id := range peer.SPIFFEIDs {
+		a.SPIFFEIDs = append(a.SPIFFEIDs, id.String())
+	}
+	for _, td := range peer.TrustDomains {
+		a.Prefixes = append(a.Prefixes, trustDomainPrefix(td))
+	}
+	if peer.IdentitySelector == nil && peer.NamespaceSelector == nil {
+		return
+	}
+	allIdentities := peer.IdentitySelector == nil || peer.IdentitySelector.Empty()
+	var namespaces []string
+	switch {
+	case peer.NamespaceSelector == nil:
+		namespaces = []string{p.Namespace}
+	case peer.NamespaceSelector.Empty():
+		if allIdentities {
+			// Every identity of every namespace: the trust domain.
+			a.Prefixes = append(a.Prefixes, trustDomainPrefix(in.TrustDomain))
+			return
+		}
+		for _, ns := range in.World.Namespaces() {
+			namespaces = append(namespaces, ns.Name)
+		}
+	default:
+		for _, ns := range in.World.Namespaces() {
+			if peer.NamespaceSelector.Matches(labels.Set(ns.Labels)) {
+				namespaces = append(namespaces, ns.Name)
+			}
+		}
+	}
+	for _, ns := range namespaces {
+		if allIdentities {
+			// A namespace-wide rule is a prefix, never a list of identities.
+			a.Prefixes = append(a.Prefixes, namespacePrefix(in.TrustDomain, ns))
+			continue
+		}
+		for _, id := range in.World.Identities(ns) {
+			if peer.IdentitySelector.Matches(labels.Set(id.Labels)) {
+				sid, err := spiffeid.FromSegments(in.TrustDomain, "ns", id.Namespace, "agent", id.Name)
+				if err == nil {
+					a.SPIFFEIDs = append(a.SPIFFEIDs, sid.String())
+				}
+			}
+		}
+	}
+}
+
+func trustDomainPrefix(td spiffeid.TrustDomain) string { return td.IDString() + "/" }
+
+func namespacePrefix(td spiffeid.TrustDomain, ns string) string {
+	return td.IDString() + "/ns/" + ns + "/"
+}
+
+// normalize sorts and deduplicates, and drops what a broader entry covers:
+// everything under allowAll, prefixes under shorter prefixes, and IDs under
+// a prefix.
+func normalize(a Allowed) Allowed {
+	if a.AllowAll {
+		a.SPIFFEIDs, a.Prefixes = []string{}, []string{}
+	}
+	slices.Sort(a.Prefixes)
+	a.Prefixes = slices.Compact(a.Prefixes)
+	prefixes := a.Prefixes[:0]
+	for _, p := range a.Prefixes {
+		covered := false
+		for _, q := range prefixes {
+			if strings.HasPrefix(p, q) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			prefixes = append(prefixes, p)
+		}
+	}
+	a.Prefixes = prefixes
+	slices.Sort(a.SPIFFEIDs)
+	a.SPIFFEIDs = slices.Compact(a.SPIFFEIDs)
+	ids := a.SPIFFEIDs[:0]
+	for _, id := range a.SPIFFEIDs {
+		covered := false
+		for _, p := range a.Prefixes {
+			if strings.HasPrefix(id, p) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			ids = append(ids, id)
+		}
+	}
+	a.SPIFFEIDs = ids
+	a.Policies = slices.Compact(a.Policies)
+	return a
+}
