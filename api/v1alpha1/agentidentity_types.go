@@ -134,9 +134,11 @@ type AgentIdentitySpec struct {
 
 // AgentIdentityStatus is the observed state of an AgentIdentity.
 type AgentIdentityStatus struct {
-	// conditions: "Ready" is True while a valid certificate is in place;
-	// "Issuing" is True while a new certificate is being issued, with the
-	// reason saying why. Every condition carries observedGeneration.
+	// conditions: "Ready" is True while a valid certificate and the trust
+	// ConfigMap are in place; "Issuing" is True while a new certificate is
+	// being issued, with the reason saying why; "PolicyResolved" is True when
+	// the trust ConfigMap holds the current effective policy. Every condition
+	// carries observedGeneration.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -186,6 +188,18 @@ type AgentIdentityStatus struct {
 	// lastFailureTime is when issuance last failed.
 	// +optional
 	LastFailureTime *metav1.Time `json:"lastFailureTime,omitempty"`
+
+	// trustConfigMap is the ConfigMap that holds the identity's trust bundle
+	// (bundle.pem) and effective policy (policy.json): "<name>-trust".
+	// +optional
+	TrustConfigMap string `json:"trustConfigMap,omitempty"`
+
+	// policies lists the AgentTrustPolicies of the namespace that select
+	// this identity, by name.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=256
+	Policies []string `json:"policies,omitempty"`
 }
 
 // AgentIdentity gives one AI agent a SPIFFE identity: agentmesh issues it a
@@ -201,6 +215,7 @@ type AgentIdentityStatus struct {
 // +kubebuilder:printcolumn:name="Expires",type=string,JSONPath=`.status.notAfter`
 // +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.secretName`,priority=1
 // +kubebuilder:printcolumn:name="Renewal",type=string,JSONPath=`.status.renewalTime`,priority=1
+// +kubebuilder:printcolumn:name="Policies",type=string,JSONPath=`.status.policies`,priority=1
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type AgentIdentity struct {

@@ -9,6 +9,10 @@ const (
 	// ConditionIssuing is True on an AgentIdentity while a new certificate is
 	// being issued; the reason says why (first issuance, renewal, repair).
 	ConditionIssuing = "Issuing"
+	// ConditionPolicyResolved is True on an AgentIdentity when its trust
+	// ConfigMap holds the effective policy of every AgentTrustPolicy that
+	// selects it and the trust bundles they name.
+	ConditionPolicyResolved = "PolicyResolved"
 )
 
 // Condition reasons. They are stable: scripts and alerts may match on them.
@@ -42,8 +46,24 @@ const (
 	// reconcile path; issuance follows as soon as it is ready.
 	ReasonKeyGenerating = "KeyGenerating"
 	// ReasonCompiled: the policy is compiled into every selected identity's
-	// trust ConfigMap.
+	// trust ConfigMap (on a policy), or the identity's trust ConfigMap is
+	// current (on an identity).
 	ReasonCompiled = "Compiled"
+	// ReasonCompiling: the policy is not yet compiled into every selected
+	// identity's trust ConfigMap; the message says how many remain.
+	ReasonCompiling = "Compiling"
+	// ReasonPolicyInvalid: a policy has fields that cannot be compiled. They
+	// are left out, which only ever narrows what is allowed; a policy whose
+	// agentSelector is invalid cannot tell whom it governs, and the identities
+	// it governed before keep their last trust ConfigMap.
+	ReasonPolicyInvalid = "PolicyInvalid"
+	// ReasonBundleInvalid: a trust bundle ConfigMap is missing, not labelled
+	// for agentmesh, or does not hold CA certificates; the last good bundle of
+	// that trust domain is kept.
+	ReasonBundleInvalid = "BundleInvalid"
+	// ReasonPolicyTooLarge: the trust bundle and effective policy would not
+	// fit the size cap; the last trust ConfigMap is kept.
+	ReasonPolicyTooLarge = "PolicyTooLarge"
 )
 
 // Labels and annotations.
@@ -68,6 +88,13 @@ const (
 	// AnnotationSPIFFEID on an identity Secret names the SPIFFE ID of the
 	// certificate it holds.
 	AnnotationSPIFFEID = "mtls.agentmesh.dev/spiffe-id"
+	// AnnotationPolicies on a trust ConfigMap lists the AgentTrustPolicies
+	// compiled into it, as name=generation pairs separated by commas.
+	AnnotationPolicies = "mtls.agentmesh.dev/policies"
+	// LabelTrustBundle marks a ConfigMap that holds the CA certificates of a
+	// federated trust domain, named in an AgentTrustPolicy's trustBundles:
+	// agentmesh watches only ConfigMaps with mtls.agentmesh.dev/trust-bundle=true.
+	LabelTrustBundle = "mtls.agentmesh.dev/trust-bundle"
 )
 
 // Fixed names of the API.

@@ -57,6 +57,7 @@ func run(opts *options) error {
 		CALifetime:              opts.caLifetime,
 		MaxConcurrentReconciles: opts.maxConcurrentReconciles,
 		KeyWorkers:              opts.keyWorkers,
+		DefaultPosture:          opts.defaultPolicy,
 	}, ctrl.Options{
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.probeAddr,

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/policy"
 )
 
 // options are the manager's command-line settings.
@@ -23,6 +24,7 @@ type options struct {
 	caSecret                types.NamespacedName
 	caLifetime              time.Duration
 	keyWorkers              int
+	defaultPolicy           policy.Posture
 	metricsAddr             string
 	metricsSecure           bool
 	probeAddr               string
@@ -54,6 +56,10 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		"Lifetime of the self-signed root CA the operator creates when --ca-secret does not exist.")
 	fs.IntVar(&o.keyWorkers, "key-workers", 1,
 		"Number of RSA keys generated in parallel, off the reconcile path (ECDSA and Ed25519 keys are generated inline).")
+	var defaultPolicy string
+	fs.StringVar(&defaultPolicy, "default-policy", string(policy.AllowAuthenticated),
+		"What a direction (ingress or egress) of an identity allows when no AgentTrustPolicy governs it: "+
+			"allow-authenticated (every identity of the own trust domain) or deny.")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443",
 		"Address the Prometheus metrics endpoint binds to; \"0\" disables it.")
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true,
@@ -102,6 +108,13 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		return nil, fmt.Errorf("invalid value %q for flag -trust-domain: give the bare trust domain, e.g. %q", trustDomain, td.String())
 	}
 	o.trustDomain = td
+
+	switch p := policy.Posture(defaultPolicy); p {
+	case policy.AllowAuthenticated, policy.Deny:
+		o.defaultPolicy = p
+	default:
+		return nil, fmt.Errorf("invalid value %q for flag -default-policy: want allow-authenticated or deny", defaultPolicy)
+	}
 
 	ns, name, ok := strings.Cut(caSecret, "/")
 	if !ok || ns == "" || name == "" {

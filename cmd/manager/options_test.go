@@ -23,6 +23,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if o.kubeAPIQPS != 200 || o.kubeAPIBurst != 400 {
 		t.Errorf("qps/burst = %v/%d, want 200/400", o.kubeAPIQPS, o.kubeAPIBurst)
 	}
+	if o.defaultPolicy != "allow-authenticated" {
+		t.Errorf("default policy = %q", o.defaultPolicy)
+	}
 	if o.webhookPort != 9443 || o.maxConcurrentReconciles != 8 {
 		t.Errorf("webhook port %d, concurrency %d", o.webhookPort, o.maxConcurrentReconciles)
 	}
@@ -60,6 +63,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		"webhook port":                 {[]string{"--webhook-port=70000"}, "invalid value 70000 for flag -webhook-port"},
 		"unknown flag":                 {[]string{"--trust-domian=x"}, "flag provided but not defined: -trust-domian (run with -h for the list of flags)"},
 		"positional argument":          {[]string{"start"}, `unexpected argument "start"`},
+		"default policy":               {[]string{"--default-policy=allow"}, `invalid value "allow" for flag -default-policy: want allow-authenticated or deny`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := parseFlags(tc.args, io.Discard)

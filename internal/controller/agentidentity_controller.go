@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -37,6 +38,7 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/identity"
+	"github.com/agentmesh/agentmesh/internal/policy"
 )
 
 // Event reasons of AgentIdentities.
@@ -57,10 +59,14 @@ var errSecretConflict = errors.New("secret conflict")
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agenttrustpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // AgentIdentityReconciler issues and renews the certificate of every
-// AgentIdentity into its Secret and reports it in the status.
+// AgentIdentity into its Secret, publishes its trust bundle and effective
+// policy into its trust ConfigMap, and reports both in the status.
 type AgentIdentityReconciler struct {
 	// Client reads through the operator's caches (Secrets: only those
 	// labelled as agentmesh's) and writes to the API server.
@@ -74,6 +80,12 @@ type AgentIdentityReconciler struct {
 	Keys        *KeyPool
 	Metrics     *Metrics
 	TrustDomain spiffeid.TrustDomain
+	// DefaultPosture applies to a direction that no AgentTrustPolicy governs.
+	DefaultPosture policy.Posture
+	// BundleReader reads ConfigMaps labelled as federated trust bundles;
+	// BundleCache is the same cache, watched for changes.
+	BundleReader client.Reader
+	BundleCache  cache.Cache
 	// MaxConcurrentReconciles is the number of parallel workers.
 	MaxConcurrentReconciles int
 
@@ -119,9 +131,32 @@ func (r *AgentIdentityReconciler) Reconcile(ctx context.Context, req reconcile.R
 	return result, err
 }
 
-// reconcilePhases runs the phases in order; each one either hands over to
-// the next or ends the pass with a result.
+// reconcilePhases keeps the certificate in place, then publishes the trust
+// ConfigMap (which needs the CA's trust anchors).
 func (r *AgentIdentityReconciler) reconcilePhases(ctx context.Context, s *identityScope) (ctrl.Result, error) {
+	result, err := r.reconcileCertificate(ctx, s)
+	if s.ca == nil || s.original == nil {
+		return result, err
+	}
+	trust, terr := r.publishTrust(ctx, s)
+	if terr != nil {
+		return result, errors.Join(err, terr)
+	}
+	if trust.reason == mtlsv1alpha1.ReasonCompiled {
+		s.setCondition(mtlsv1alpha1.ConditionPolicyResolved, metav1.ConditionTrue, trust.reason, trust.message)
+	} else {
+		s.setCondition(mtlsv1alpha1.ConditionPolicyResolved, metav1.ConditionFalse, trust.reason, trust.message)
+	}
+	if !trust.published && meta.IsStatusConditionTrue(s.id.Status.Conditions, mtlsv1alpha1.ConditionReady) {
+		// Pods cannot mount the identity without its trust ConfigMap.
+		s.notReady(trust.reason, "the trust ConfigMap cannot be written: "+trust.message)
+	}
+	return result, err
+}
+
+// reconcileCertificate runs the certificate phases in order; each one either
+// hands over to the next or ends with a result.
+func (r *AgentIdentityReconciler) reconcileCertificate(ctx context.Context, s *identityScope) (ctrl.Result, error) {
 	if err := r.resolveRequest(s); err != nil {
 		return ctrl.Result{}, reconcile.TerminalError(err)
 	}
@@ -471,13 +506,27 @@ func (r *AgentIdentityReconciler) recordMetrics(s *identityScope) {
 	r.Metrics.SetIdentity(client.ObjectKeyFromObject(s.id), ready, notAfter, renewal)
 }
 
-// SetupWithManager watches AgentIdentities (spec changes), their Secrets,
-// CA changes (which queue every identity) and keys that became ready.
+// SetupWithManager watches AgentIdentities (spec and label changes), their
+// Secrets and trust ConfigMaps, the policies of their namespace, what those
+// policies' peers and bundles depend on (other identities, namespace
+// labels, bundle ConfigMaps), CA changes (which queue every identity) and
+// keys that became ready.
 func (r *AgentIdentityReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	caChanged := r.CA.Subscribe()
-	return ctrl.NewControllerManagedBy(mgr).
-		For(&mtlsv1alpha1.AgentIdentity{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+	c := mgr.GetClient()
+	b := ctrl.NewControllerManagedBy(mgr).
+		For(&mtlsv1alpha1.AgentIdentity{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
 		Owns(&corev1.Secret{}).
+		Owns(&corev1.ConfigMap{}).
+		Watches(&mtlsv1alpha1.AgentTrustPolicy{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+			return identitiesIn(ctx, c, obj.GetNamespace())
+		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&mtlsv1alpha1.AgentIdentity{}, handler.EnqueueRequestsFromMapFunc(dependentsOfIdentity(c)), builder.WithPredicates(labelsChanged)).
+		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(dependentsOfNamespace(c)), builder.WithPredicates(labelsChanged))
+	if r.BundleCache != nil {
+		b = b.WatchesRawSource(source.Kind(r.BundleCache, &corev1.ConfigMap{}, handler.TypedEnqueueRequestsFromMapFunc(dependentsOfBundle(c))))
+	}
+	return b.
 		WatchesRawSource(source.Channel(r.Keys.events, &handler.EnqueueRequestForObject{})).
 		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			go func() {

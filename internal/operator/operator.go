@@ -5,6 +5,7 @@
 package operator
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -29,6 +30,7 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/controller"
+	"github.com/agentmesh/agentmesh/internal/policy"
 )
 
 // Config is what the operator needs beyond the manager's own options.
@@ -45,6 +47,9 @@ type Config struct {
 	KeyWorkers int
 	// Clock drives every time-based decision; the real clock when nil.
 	Clock clock.PassiveClock
+	// DefaultPosture applies to a direction no AgentTrustPolicy governs;
+	// allow-authenticated when empty.
+	DefaultPosture policy.Posture
 }
 
 // Operator is a configured manager and the shared state of its controllers.
@@ -80,6 +85,9 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	if cfg.KeyWorkers <= 0 {
 		cfg.KeyWorkers = 1
 	}
+	if cfg.DefaultPosture == "" {
+		cfg.DefaultPosture = policy.AllowAuthenticated
+	}
 	opts.Scheme = NewScheme()
 	opts.Cache = cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
@@ -112,6 +120,28 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		return nil, err
 	}
 
+	// Federated trust bundles live in user ConfigMaps; only those labelled
+	// mtls.agentmesh.dev/trust-bundle=true are watched.
+	bundleCache, err := cache.New(restConfig, cache.Options{
+		Scheme:           mgr.GetScheme(),
+		Mapper:           mgr.GetRESTMapper(),
+		HTTPClient:       mgr.GetHTTPClient(),
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{mtlsv1alpha1.LabelTrustBundle: "true"})},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the trust bundle cache: %w", err)
+	}
+	if err := mgr.Add(bundleCache); err != nil {
+		return nil, err
+	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &mtlsv1alpha1.AgentTrustPolicy{},
+		controller.IndexPolicyBundleConfigMap, controller.PolicyBundleConfigMaps); err != nil {
+		return nil, fmt.Errorf("indexing AgentTrustPolicies: %w", err)
+	}
+
 	holder := &ca.Holder{}
 	metrics := controller.NewMetrics()
 	rec := mgr.GetEventRecorder("agentmesh")
@@ -138,9 +168,24 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		Keys:                    controller.NewKeyPool(cfg.KeyWorkers),
 		Metrics:                 metrics,
 		TrustDomain:             cfg.TrustDomain,
+		DefaultPosture:          cfg.DefaultPosture,
+		BundleReader:            bundleCache,
+		BundleCache:             bundleCache,
 		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the AgentIdentity controller: %w", err)
+	}
+	if err := (&controller.AgentTrustPolicyReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		BundleReader:            bundleCache,
+		BundleCache:             bundleCache,
+		Recorder:                rec,
+		Clock:                   cfg.Clock,
+		TrustDomain:             cfg.TrustDomain,
+		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the AgentTrustPolicy controller: %w", err)
 	}
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

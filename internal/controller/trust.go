@@ -1,0 +1,315 @@
+package controller
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/policy"
+)
+
+// trustResult is what the trust phase found, for the conditions.
+type trustResult struct {
+	// published is true when a trust ConfigMap is in place (current, or the
+	// last good one kept because of an error).
+	published bool
+	reason    string
+	message   string
+}
+
+// publishTrust resolves every AgentTrustPolicy that selects the identity
+// into its effective policy, assembles its trust bundle, and writes both
+// into the identity's trust ConfigMap when they changed.
+func (r *AgentIdentityReconciler) publishTrust(ctx context.Context, s *identityScope) (trustResult, error) {
+	name := s.id.TrustConfigMapName()
+	s.id.Status.TrustConfigMap = name
+	existing := &corev1.ConfigMap{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: name}, existing); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return trustResult{}, fmt.Errorf("reading ConfigMap %s: %w", name, err)
+		}
+		existing = nil
+	} else if !ownedConfigMap(existing, s.id) {
+		existing = nil
+	}
+	previous := policy.Output{}
+	if existing != nil {
+		previous = policy.Output{BundlePEM: []byte(existing.Data[policy.BundleKey]), PolicyJSON: []byte(existing.Data[policy.PolicyKey])}
+	}
+
+	list := &mtlsv1alpha1.AgentTrustPolicyList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(s.id.Namespace)); err != nil {
+		return trustResult{}, fmt.Errorf("listing AgentTrustPolicies: %w", err)
+	}
+	compiled := make([]*policy.Compiled, 0, len(list.Items))
+	for i := range list.Items {
+		compiled = append(compiled, policy.Compile(&list.Items[i]))
+	}
+
+	// A policy that cannot tell whom it governs (invalid agentSelector) and
+	// governed this identity before freezes its last output: the identity
+	// neither loses nor gains what that policy said.
+	if existing != nil {
+		before := compiledPolicyNames(existing.Annotations[mtlsv1alpha1.AnnotationPolicies])
+		for _, c := range compiled {
+			if c.AgentSelector == nil && slices.Contains(before, c.Name) {
+				s.id.Status.Policies = before
+				return trustResult{published: true, reason: mtlsv1alpha1.ReasonPolicyInvalid,
+					message: fmt.Sprintf("AgentTrustPolicy %s cannot be compiled (%s); the last trust ConfigMap is kept", c.Name, c.ErrorMessage())}, nil
+			}
+		}
+	}
+
+	eff, selecting := policy.Resolve(policy.Input{
+		TrustDomain: r.TrustDomain,
+		Default:     r.DefaultPosture,
+		Identity:    policy.Identity{Namespace: s.id.Namespace, Name: s.id.Name, Labels: s.id.Labels},
+		Policies:    compiled,
+		World:       &cacheWorld{ctx: ctx, c: r.Client},
+	})
+	names := make([]string, 0, len(selecting))
+	keys := make([]string, 0, len(selecting))
+	var problems []string
+	reason := mtlsv1alpha1.ReasonCompiled
+	for _, p := range selecting {
+		names = append(names, p.Name)
+		keys = append(keys, p.Key())
+		if len(p.Errors) > 0 {
+			reason = mtlsv1alpha1.ReasonPolicyInvalid
+			problems = append(problems, fmt.Sprintf("AgentTrustPolicy %s: %s (left out)", p.Name, p.ErrorMessage()))
+		}
+	}
+	s.id.Status.Policies = names
+
+	bundles, bundleProblems := r.trustBundles(ctx, s, selecting, previous)
+	if len(bundleProblems) > 0 {
+		reason = mtlsv1alpha1.ReasonBundleInvalid
+		problems = append(problems, bundleProblems...)
+	}
+	out, err := policy.Render(eff, bundles)
+	var tooLarge *policy.TooLargeError
+	if errors.As(err, &tooLarge) {
+		return trustResult{published: existing != nil, reason: mtlsv1alpha1.ReasonPolicyTooLarge,
+			message: err.Error() + "; the last trust ConfigMap is kept"}, nil
+	}
+	if err != nil {
+		return trustResult{}, err
+	}
+	if err := r.writeTrustConfigMap(ctx, s, existing, out, strings.Join(keys, ",")); err != nil {
+		return trustResult{}, err
+	}
+	res := trustResult{published: true, reason: reason}
+	switch {
+	case len(problems) > 0:
+		res.message = strings.Join(problems, "; ")
+	case len(names) == 0:
+		res.message = fmt.Sprintf("no AgentTrustPolicy selects this identity: the default posture (%s) applies", r.DefaultPosture)
+	default:
+		res.message = fmt.Sprintf("compiled from AgentTrustPolicies %s", strings.Join(names, ", "))
+	}
+	return res, nil
+}
+
+// trustBundles collects the bundle of the own trust domain and of every
+// federated trust domain that a selecting policy names. A federated bundle
+// that cannot be read keeps its last good content from the previous
+// ConfigMap (or is left out when there is none, which refuses that trust
+// domain's peers rather than trusting something unchecked).
+func (r *AgentIdentityReconciler) trustBundles(ctx context.Context, s *identityScope, selecting []*policy.Compiled, previous policy.Output) (map[string][]*x509.Certificate, []string) {
+	own := r.TrustDomain.Name()
+	bundles := map[string][]*x509.Certificate{own: s.ca.Anchors}
+	var prev map[string][]*x509.Certificate
+	var problems []string
+	for _, p := range selecting {
+		for _, ref := range p.TrustBundles {
+			td := ref.TrustDomain.Name()
+			if td == own {
+				problems = append(problems, fmt.Sprintf("AgentTrustPolicy %s: trustBundles cannot name the own trust domain %s", p.Name, td))
+				continue
+			}
+			certs, err := r.readBundle(ctx, s.id.Namespace, ref)
+			if err != nil {
+				if prev == nil {
+					prev = policy.PreviousBundles(previous)
+				}
+				kept := "no earlier bundle to keep: its peers are refused"
+				if len(prev[td]) > 0 {
+					bundles[td] = appendNew(bundles[td], prev[td])
+					kept = "the last good bundle is kept"
+				}
+				problems = append(problems, fmt.Sprintf("AgentTrustPolicy %s: trust bundle of %s: %v; %s", p.Name, td, err, kept))
+				continue
+			}
+			bundles[td] = appendNew(bundles[td], certs)
+		}
+	}
+	return bundles, problems
+}
+
+// readBundle reads a federated bundle from its ConfigMap, through the cache
+// of ConfigMaps labelled as trust bundles. A ConfigMap that is not there is
+// looked up directly, to tell "missing" from "not labelled".
+func (r *AgentIdentityReconciler) readBundle(ctx context.Context, ns string, ref policy.BundleRef) ([]*x509.Certificate, error) {
+	return ReadTrustBundle(ctx, r.BundleReader, r.APIReader, ns, ref)
+}
+
+// ReadTrustBundle reads and checks the federated bundle ref names.
+func ReadTrustBundle(ctx context.Context, cached, live client.Reader, ns string, ref policy.BundleRef) ([]*x509.Certificate, error) {
+	cm := &corev1.ConfigMap{}
+	key := types.NamespacedName{Namespace: ns, Name: ref.ConfigMap}
+	if err := cached.Get(ctx, key, cm); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return nil, err
+		}
+		if err := live.Get(ctx, key, &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"}}); err == nil {
+			return nil, fmt.Errorf("ConfigMap %s is not labelled %s=true, so agentmesh does not read it", ref.ConfigMap, mtlsv1alpha1.LabelTrustBundle)
+		}
+		return nil, fmt.Errorf("ConfigMap %s not found", ref.ConfigMap)
+	}
+	data, ok := cm.Data[ref.Key]
+	if !ok {
+		return nil, fmt.Errorf("ConfigMap %s has no key %s", ref.ConfigMap, ref.Key)
+	}
+	certs, err := policy.ParseBundle([]byte(data))
+	if err != nil {
+		return nil, fmt.Errorf("ConfigMap %s key %s: %w", ref.ConfigMap, ref.Key, err)
+	}
+	return certs, nil
+}
+
+func (r *AgentIdentityReconciler) writeTrustConfigMap(ctx context.Context, s *identityScope, existing *corev1.ConfigMap, out policy.Output, policies string) error {
+	hash := out.ContentHash()
+	if existing != nil && existing.Annotations[mtlsv1alpha1.AnnotationContentHash] == hash &&
+		existing.Annotations[mtlsv1alpha1.AnnotationPolicies] == policies &&
+		existing.Labels[mtlsv1alpha1.LabelIdentity] == s.id.Name {
+		return nil
+	}
+	cm := existing
+	if cm == nil {
+		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.id.Namespace, Name: s.id.TrustConfigMapName()}}
+	} else {
+		cm = cm.DeepCopy()
+	}
+	if cm.Labels == nil {
+		cm.Labels = map[string]string{}
+	}
+	cm.Labels[mtlsv1alpha1.LabelManagedBy] = mtlsv1alpha1.ManagedByValue
+	cm.Labels[mtlsv1alpha1.LabelIdentity] = s.id.Name
+	if cm.Annotations == nil {
+		cm.Annotations = map[string]string{}
+	}
+	cm.Annotations[mtlsv1alpha1.AnnotationContentHash] = hash
+	cm.Annotations[mtlsv1alpha1.AnnotationPolicies] = policies
+	cm.Data = map[string]string{policy.BundleKey: string(out.BundlePEM), policy.PolicyKey: string(out.PolicyJSON)}
+	if err := controllerutil.SetControllerReference(s.id, cm, r.Client.Scheme()); err != nil {
+		return err
+	}
+	if existing == nil {
+		err := r.Client.Create(ctx, cm, client.FieldOwner(FieldOwner))
+		if apierrors.IsAlreadyExists(err) {
+			// Not in the cache: either the cache lags or the name is taken by
+			// a ConfigMap that is not ours, which is never overwritten.
+			live := &corev1.ConfigMap{}
+			if gerr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(cm), live); gerr != nil {
+				return gerr
+			}
+			if !ownedConfigMap(live, s.id) {
+				return fmt.Errorf("ConfigMap %s exists and was not created by agentmesh for this identity; it is left untouched", cm.Name)
+			}
+			return fmt.Errorf("ConfigMap %s is not in the cache yet: %w", cm.Name, err)
+		}
+		if err != nil {
+			return fmt.Errorf("creating ConfigMap %s: %w", cm.Name, err)
+		}
+		return nil
+	}
+	if err := r.Client.Update(ctx, cm, client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("updating ConfigMap %s: %w", cm.Name, err)
+	}
+	return nil
+}
+
+// ownedConfigMap reports whether cm is the trust ConfigMap agentmesh wrote
+// for id (or for an earlier identity of the same name).
+func ownedConfigMap(cm *corev1.ConfigMap, id *mtlsv1alpha1.AgentIdentity) bool {
+	ref := metav1.GetControllerOf(cm)
+	if ref == nil || ref.Kind != "AgentIdentity" || ref.APIVersion != mtlsv1alpha1.GroupVersion.String() || ref.Name != id.Name {
+		return false
+	}
+	return ref.UID == id.UID || cm.Labels[mtlsv1alpha1.LabelIdentity] == id.Name
+}
+
+// compiledPolicyNames parses the policies annotation ("a=3,b=1") into names.
+func compiledPolicyNames(annotation string) []string {
+	var names []string
+	for _, kv := range strings.Split(annotation, ",") {
+		if name, _, ok := strings.Cut(kv, "="); ok && name != "" {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// compiledPolicyGenerations parses the policies annotation into
+// name -> generation strings.
+func compiledPolicyGenerations(annotation string) map[string]string {
+	out := map[string]string{}
+	for _, kv := range strings.Split(annotation, ",") {
+		if name, gen, ok := strings.Cut(kv, "="); ok && name != "" {
+			out[name] = gen
+		}
+	}
+	return out
+}
+
+func appendNew(list, add []*x509.Certificate) []*x509.Certificate {
+	for _, c := range add {
+		if !slices.ContainsFunc(list, c.Equal) {
+			list = append(list, c)
+		}
+	}
+	return list
+}
+
+// cacheWorld answers resolution's questions about other identities and
+// namespaces from the operator's caches, without copying objects.
+type cacheWorld struct {
+	ctx context.Context
+	c   client.Reader
+}
+
+func (w *cacheWorld) Identities(ns string) []policy.Identity {
+	list := &mtlsv1alpha1.AgentIdentityList{}
+	if err := w.c.List(w.ctx, list, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	out := make([]policy.Identity, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, policy.Identity{Namespace: list.Items[i].Namespace, Name: list.Items[i].Name, Labels: list.Items[i].Labels})
+	}
+	return out
+}
+
+func (w *cacheWorld) Namespaces() []policy.Namespace {
+	list := &metav1.PartialObjectMetadataList{}
+	list.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NamespaceList"))
+	if err := w.c.List(w.ctx, list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	out := make([]policy.Namespace, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, policy.Namespace{Name: list.Items[i].Name, Labels: list.Items[i].Labels})
+	}
+	return out
+}

@@ -1,0 +1,170 @@
+package controller
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+)
+
+// IndexPolicyBundleConfigMap indexes AgentTrustPolicies by the names of the
+// trust bundle ConfigMaps they read.
+const IndexPolicyBundleConfigMap = "spec.trustBundles.configMap.name"
+
+// PolicyBundleConfigMaps is the indexer of IndexPolicyBundleConfigMap.
+func PolicyBundleConfigMaps(obj client.Object) []string {
+	p, ok := obj.(*mtlsv1alpha1.AgentTrustPolicy)
+	if !ok {
+		return nil
+	}
+	names := make([]string, 0, len(p.Spec.TrustBundles))
+	for _, b := range p.Spec.TrustBundles {
+		names = append(names, b.ConfigMap.Name)
+	}
+	return names
+}
+
+// labelsChanged lets through creations, deletions and updates that change
+// an object's labels.
+var labelsChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		return !equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+	},
+}
+
+// identitiesIn queues every AgentIdentity of a namespace.
+func identitiesIn(ctx context.Context, c client.Reader, ns string) []reconcile.Request {
+	list := &mtlsv1alpha1.AgentIdentityList{}
+	if err := c.List(ctx, list, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return out
+}
+
+// identitiesSelectedBy queues the AgentIdentities a policy selects.
+func identitiesSelectedBy(ctx context.Context, c client.Reader, p *mtlsv1alpha1.AgentTrustPolicy) []reconcile.Request {
+	sel, err := p.Spec.AgentSelector.AsSelector()
+	if err != nil {
+		// It cannot tell whom it governs: look at the whole namespace.
+		return identitiesIn(ctx, c, p.Namespace)
+	}
+	list := &mtlsv1alpha1.AgentIdentityList{}
+	if err := c.List(ctx, list, client.InNamespace(p.Namespace), client.MatchingLabelsSelector{Selector: sel}, client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return out
+}
+
+// policiesWhere lists every AgentTrustPolicy for which keep returns true.
+func policiesWhere(ctx context.Context, c client.Reader, keep func(*mtlsv1alpha1.AgentTrustPolicy) bool, opts ...client.ListOption) []*mtlsv1alpha1.AgentTrustPolicy {
+	list := &mtlsv1alpha1.AgentTrustPolicyList{}
+	if err := c.List(ctx, list, opts...); err != nil {
+		return nil
+	}
+	var out []*mtlsv1alpha1.AgentTrustPolicy
+	for i := range list.Items {
+		if keep(&list.Items[i]) {
+			out = append(out, &list.Items[i])
+		}
+	}
+	return out
+}
+
+// peersMayList reports whether a policy has a peer that lists identities
+// of namespace ns by label (so that identities appearing, disappearing or
+// being relabelled there change its output).
+func peersMayList(p *mtlsv1alpha1.AgentTrustPolicy, ns string) bool {
+	check := func(peers []mtlsv1alpha1.AgentPeer) bool {
+		for _, peer := range peers {
+			if peer.IdentitySelector == nil || len(peer.IdentitySelector.MatchLabels)+len(peer.IdentitySelector.MatchExpressions) == 0 {
+				continue
+			}
+			if peer.NamespaceSelector != nil || p.Namespace == ns {
+				return true
+			}
+		}
+		return false
+	}
+	for _, r := range p.Spec.Ingress {
+		if check(r.From) {
+			return true
+		}
+	}
+	for _, r := range p.Spec.Egress {
+		if check(r.To) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasNamespaceSelector reports whether a policy selects peers by namespace
+// labels.
+func hasNamespaceSelector(p *mtlsv1alpha1.AgentTrustPolicy) bool {
+	for _, r := range p.Spec.Ingress {
+		for _, peer := range r.From {
+			if peer.NamespaceSelector != nil {
+				return true
+			}
+		}
+	}
+	for _, r := range p.Spec.Egress {
+		for _, peer := range r.To {
+			if peer.NamespaceSelector != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// dependentsOfIdentity queues the identities whose effective policy lists
+// identities of this one's namespace by label.
+func dependentsOfIdentity(c client.Reader) func(context.Context, client.Object) []reconcile.Request {
+	return func(ctx context.Context, obj client.Object) []reconcile.Request {
+		var out []reconcile.Request
+		for _, p := range policiesWhere(ctx, c, func(p *mtlsv1alpha1.AgentTrustPolicy) bool { return peersMayList(p, obj.GetNamespace()) }) {
+			out = append(out, identitiesSelectedBy(ctx, c, p)...)
+		}
+		return out
+	}
+}
+
+// dependentsOfNamespace queues the identities governed by policies that
+// select peers by namespace labels.
+func dependentsOfNamespace(c client.Reader) func(context.Context, client.Object) []reconcile.Request {
+	return func(ctx context.Context, _ client.Object) []reconcile.Request {
+		var out []reconcile.Request
+		for _, p := range policiesWhere(ctx, c, hasNamespaceSelector) {
+			out = append(out, identitiesSelectedBy(ctx, c, p)...)
+		}
+		return out
+	}
+}
+
+// dependentsOfBundle queues the identities selected by the policies that
+// read a trust bundle ConfigMap.
+func dependentsOfBundle(c client.Reader) func(context.Context, *corev1.ConfigMap) []reconcile.Request {
+	return func(ctx context.Context, cm *corev1.ConfigMap) []reconcile.Request {
+		var out []reconcile.Request
+		for _, p := range policiesWhere(ctx, c, func(*mtlsv1alpha1.AgentTrustPolicy) bool { return true },
+			client.InNamespace(cm.Namespace), client.MatchingFields{IndexPolicyBundleConfigMap: cm.Name}) {
+			out = append(out, identitiesSelectedBy(ctx, c, p)...)
+		}
+		return out
+	}
+}
