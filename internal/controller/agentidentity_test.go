@@ -680,7 +680,7 @@ func TestDeletingIdentityDeletesSecret(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("Secret still there: %v", err)
+		return fmt.Errorf("Secret still there: %w", err)
 	})
 }
 

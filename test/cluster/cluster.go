@@ -47,9 +47,9 @@ type Cluster struct {
 	// Root is the repository root.
 	Root string
 
-	kcm    *exec.Cmd
-	kcmDir string
-	kcmErr chan error
+	kcm     *exec.Cmd
+	kcmDir  string
+	kcmDone chan struct{}
 }
 
 // RepoRoot finds the repository root by walking up from the working
@@ -178,8 +178,12 @@ func (c *Cluster) startControllerManager(assets string, out io.Writer) error {
 		return fmt.Errorf("cluster: starting kube-controller-manager: %w", err)
 	}
 	c.kcm = cmd
-	c.kcmErr = make(chan error, 1)
-	go func() { c.kcmErr <- cmd.Wait() }()
+	c.kcmDone = make(chan struct{})
+	go func() {
+		// How it ends does not matter: it only stops when asked to.
+		_ = cmd.Wait()
+		close(c.kcmDone)
+	}()
 	return nil
 }
 
@@ -209,10 +213,10 @@ func (c *Cluster) Stop() error {
 	if c.kcm != nil {
 		_ = c.kcm.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-c.kcmErr:
+		case <-c.kcmDone:
 		case <-time.After(10 * time.Second):
 			_ = c.kcm.Process.Kill()
-			<-c.kcmErr
+			<-c.kcmDone
 		}
 		c.kcm = nil
 	}
