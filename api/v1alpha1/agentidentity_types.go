@@ -194,6 +194,11 @@ type AgentIdentityStatus struct {
 	// +optional
 	TrustConfigMap string `json:"trustConfigMap,omitempty"`
 
+	// pods is how many running Pods use the identity: Pods labelled
+	// mtls.agentmesh.dev/identity=<name> in phase Running.
+	// +optional
+	Pods int32 `json:"pods,omitempty"`
+
 	// policies lists the AgentTrustPolicies of the namespace that select
 	// this identity, by name.
 	// +optional
@@ -215,6 +220,7 @@ type AgentIdentityStatus struct {
 // +kubebuilder:printcolumn:name="Expires",type=string,JSONPath=`.status.notAfter`
 // +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.secretName`,priority=1
 // +kubebuilder:printcolumn:name="Renewal",type=string,JSONPath=`.status.renewalTime`,priority=1
+// +kubebuilder:printcolumn:name="Pods",type=integer,JSONPath=`.status.pods`,priority=1
 // +kubebuilder:printcolumn:name="Policies",type=string,JSONPath=`.status.policies`,priority=1
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -61,6 +61,13 @@ const (
 	// for agentmesh, or does not hold CA certificates; the last good bundle of
 	// that trust domain is kept.
 	ReasonBundleInvalid = "BundleInvalid"
+	// ReasonIdentityNotFound (an Event on a Pod): the Pod asks for an
+	// AgentIdentity that does not exist; it waits for the identity's Secret.
+	ReasonIdentityNotFound = "IdentityNotFound"
+	// ReasonNotInjected (an Event on a Pod): the Pod carries the opt-in
+	// label but was not injected, because it was created while the webhook
+	// was not installed or not reachable with failurePolicy Ignore.
+	ReasonNotInjected = "NotInjected"
 	// ReasonPolicyTooLarge: the trust bundle and effective policy would not
 	// fit the size cap; the last trust ConfigMap is kept.
 	ReasonPolicyTooLarge = "PolicyTooLarge"
@@ -91,6 +98,9 @@ const (
 	// AnnotationPolicies on a trust ConfigMap lists the AgentTrustPolicies
 	// compiled into it, as name=generation pairs separated by commas.
 	AnnotationPolicies = "mtls.agentmesh.dev/policies"
+	// AnnotationInjected on a Pod names the SPIFFE ID the injector wired
+	// into it.
+	AnnotationInjected = "mtls.agentmesh.dev/injected"
 	// LabelTrustBundle marks a ConfigMap that holds the CA certificates of a
 	// federated trust domain, named in an AgentTrustPolicy's trustBundles:
 	// agentmesh watches only ConfigMaps with mtls.agentmesh.dev/trust-bundle=true.
@@ -99,6 +109,22 @@ const (
 
 // Fixed names of the API.
 const (
+	// MountPath is where the injector mounts an identity's files in every
+	// container of an opted-in Pod.
+	MountPath = "/var/run/agentmesh"
+	// VolumeName is the name of the injected projected volume.
+	VolumeName = "agentmesh-identity"
+	// Environment variables the injector sets in every container.
+	EnvSPIFFEID   = "AGENTMESH_SPIFFE_ID"
+	EnvCertFile   = "AGENTMESH_CERT_FILE"
+	EnvKeyFile    = "AGENTMESH_KEY_FILE"
+	EnvBundleFile = "AGENTMESH_BUNDLE_FILE"
+	EnvPolicyFile = "AGENTMESH_POLICY_FILE"
+	// Files of the injected volume.
+	FileCert   = "tls.crt"
+	FileKey    = "tls.key"
+	FileBundle = "bundle.pem"
+	FilePolicy = "policy.json"
 	// DefaultTrustDomain is the trust domain used when none is configured.
 	DefaultTrustDomain = "cluster.local"
 	// DefaultSecretNameSuffix is appended to an AgentIdentity's name to form
