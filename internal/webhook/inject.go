@@ -1,0 +1,205 @@
+package webhook
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/utils/ptr"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+)
+
+// Target is what a Pod is injected with: one AgentIdentity's names.
+type Target struct {
+	// IdentityName is the AgentIdentity named by the Pod's label.
+	IdentityName string
+	// SPIFFEID is the identity's SPIFFE ID.
+	SPIFFEID string
+	// SecretName holds tls.crt and tls.key.
+	SecretName string
+	// TrustConfigMapName holds bundle.pem and policy.json.
+	TrustConfigMapName string
+	// ServiceAccountName is the service account the Pod must run as; empty
+	// when it is not known (the identity does not exist yet).
+	ServiceAccountName string
+}
+
+// Volume is the projected volume that carries the identity's files.
+func (t Target) Volume() corev1.Volume {
+	return corev1.Volume{
+		Name: mtlsv1alpha1.VolumeName,
+		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			// The API server's default, written out so that the Pod it
+			// stores compares equal on a second invocation.
+			DefaultMode: ptr.To[int32](0o644),
+			Sources: []corev1.VolumeProjection{
+				{Secret: &corev1.SecretProjection{
+					LocalObjectReference: corev1.LocalObjectReference{Name: t.SecretName},
+					Items: []corev1.KeyToPath{
+						{Key: "tls.crt", Path: mtlsv1alpha1.FileCert},
+						{Key: "tls.key", Path: mtlsv1alpha1.FileKey},
+					},
+				}},
+				{ConfigMap: &corev1.ConfigMapProjection{
+					LocalObjectReference: corev1.LocalObjectReference{Name: t.TrustConfigMapName},
+					Items: []corev1.KeyToPath{
+						{Key: "bundle.pem", Path: mtlsv1alpha1.FileBundle},
+						{Key: "policy.json", Path: mtlsv1alpha1.FilePolicy},
+					},
+				}},
+			},
+		}},
+	}
+}
+
+// Mount is the read-only mount of the volume in each container.
+func (t Target) Mount() corev1.VolumeMount {
+	return corev1.VolumeMount{Name: mtlsv1alpha1.VolumeName, MountPath: mtlsv1alpha1.MountPath, ReadOnly: true}
+}
+
+// Env is the environment every container gets.
+func (t Target) Env() []corev1.EnvVar {
+	file := func(name string) string { return path.Join(mtlsv1alpha1.MountPath, name) }
+	return []corev1.EnvVar{
+		{Name: mtlsv1alpha1.EnvSPIFFEID, Value: t.SPIFFEID},
+		{Name: mtlsv1alpha1.EnvCertFile, Value: file(mtlsv1alpha1.FileCert)},
+		{Name: mtlsv1alpha1.EnvKeyFile, Value: file(mtlsv1alpha1.FileKey)},
+		{Name: mtlsv1alpha1.EnvBundleFile, Value: file(mtlsv1alpha1.FileBundle)},
+		{Name: mtlsv1alpha1.EnvPolicyFile, Value: file(mtlsv1alpha1.FilePolicy)},
+	}
+}
+
+// sameVolume compares what the injector sets, ignoring what the API server
+// defaults.
+func sameVolume(a, b corev1.Volume) bool {
+	pa, pb := a.Projected, b.Projected
+	if a.Name != b.Name || pa == nil || pb == nil || len(pa.Sources) != len(pb.Sources) {
+		return false
+	}
+	for i := range pa.Sources {
+		sa, sb := pa.Sources[i], pb.Sources[i]
+		switch {
+		case sa.Secret != nil && sb.Secret != nil:
+			if sa.Secret.Name != sb.Secret.Name || !equality.Semantic.DeepEqual(sa.Secret.Items, sb.Secret.Items) {
+				return false
+			}
+		case sa.ConfigMap != nil && sb.ConfigMap != nil:
+			if sa.ConfigMap.Name != sb.ConfigMap.Name || !equality.Semantic.DeepEqual(sa.ConfigMap.Items, sb.ConfigMap.Items) {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func sameMount(a, b corev1.VolumeMount) bool {
+	return a.Name == b.Name && a.MountPath == b.MountPath && a.ReadOnly == b.ReadOnly && a.SubPath == "" && a.SubPathExpr == ""
+}
+
+// EffectiveServiceAccount is the service account a Pod runs as.
+func EffectiveServiceAccount(pod *corev1.Pod) string {
+	switch {
+	case pod.Spec.ServiceAccountName != "":
+		return pod.Spec.ServiceAccountName
+	case pod.Spec.DeprecatedServiceAccount != "":
+		return pod.Spec.DeprecatedServiceAccount
+	}
+	return mtlsv1alpha1.DefaultServiceAccountName
+}
+
+// Inject wires t into pod: one read-only projected volume, mounted at
+// /var/run/agentmesh in every container and init container, the AGENTMESH_*
+// variables in each, and the injected annotation. It is idempotent: what is
+// already there exactly as it would be written is left alone, so a second
+// invocation changes nothing. Anything of the same name that differs (a
+// volume, a mount at the path, a variable) is a conflict, reported in one
+// error that names each; the Pod is then not changed.
+func Inject(pod *corev1.Pod, t Target) (changed bool, err error) {
+	if t.ServiceAccountName != "" {
+		if sa := EffectiveServiceAccount(pod); sa != t.ServiceAccountName {
+			return false, fmt.Errorf("the Pod runs as service account %q but AgentIdentity %q requires %q (spec.serviceAccountName)",
+				sa, t.IdentityName, t.ServiceAccountName)
+		}
+	}
+	var conflicts []string
+	vol := t.Volume()
+	hasVolume := false
+	for _, v := range pod.Spec.Volumes {
+		if v.Name != vol.Name {
+			continue
+		}
+		if !sameVolume(v, vol) {
+			conflicts = append(conflicts, fmt.Sprintf("volume %q already exists and is not the one agentmesh injects", v.Name))
+		}
+		hasVolume = true
+	}
+	mount, env := t.Mount(), t.Env()
+	type plan struct {
+		c         *corev1.Container
+		needMount bool
+		needEnv   []corev1.EnvVar
+	}
+	var plans []plan
+	all := make([]*corev1.Container, 0, len(pod.Spec.InitContainers)+len(pod.Spec.Containers))
+	for i := range pod.Spec.InitContainers {
+		all = append(all, &pod.Spec.InitContainers[i])
+	}
+	for i := range pod.Spec.Containers {
+		all = append(all, &pod.Spec.Containers[i])
+	}
+	for _, c := range all {
+		p := plan{c: c, needMount: true}
+		for _, m := range c.VolumeMounts {
+			switch {
+			case sameMount(m, mount):
+				p.needMount = false
+			case m.Name == mount.Name:
+				conflicts = append(conflicts, fmt.Sprintf("container %q mounts volume %q at %q, not read-only at %q", c.Name, m.Name, m.MountPath, mount.MountPath))
+			case strings.TrimSuffix(m.MountPath, "/") == mount.MountPath:
+				conflicts = append(conflicts, fmt.Sprintf("container %q already mounts volume %q at %q", c.Name, m.Name, m.MountPath))
+			}
+		}
+		for _, want := range env {
+			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == want.Name })
+			switch {
+			case i < 0:
+				p.needEnv = append(p.needEnv, want)
+			case c.Env[i].Value != want.Value || c.Env[i].ValueFrom != nil:
+				conflicts = append(conflicts, fmt.Sprintf("container %q already sets %s", c.Name, want.Name))
+			}
+		}
+		plans = append(plans, p)
+	}
+	if len(conflicts) > 0 {
+		return false, fmt.Errorf("cannot inject AgentIdentity %q: %s", t.IdentityName, strings.Join(conflicts, "; "))
+	}
+
+	if !hasVolume {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, vol)
+		changed = true
+	}
+	for _, p := range plans {
+		if p.needMount {
+			p.c.VolumeMounts = append(p.c.VolumeMounts, mount)
+			changed = true
+		}
+		if len(p.needEnv) > 0 {
+			p.c.Env = append(p.c.Env, p.needEnv...)
+			changed = true
+		}
+	}
+	if pod.Annotations[mtlsv1alpha1.AnnotationInjected] != t.SPIFFEID {
+		if pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		pod.Annotations[mtlsv1alpha1.AnnotationInjected] = t.SPIFFEID
+		changed = true
+	}
+	return changed, nil
+}
