@@ -13,7 +13,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/agentmesh/agentmesh/internal/logging"
 	"github.com/agentmesh/agentmesh/internal/operator"
@@ -58,6 +57,13 @@ func run(opts *options) error {
 		MaxConcurrentReconciles: opts.maxConcurrentReconciles,
 		KeyWorkers:              opts.keyWorkers,
 		DefaultPosture:          opts.defaultPolicy,
+		Webhook: operator.WebhookConfig{
+			Host:       opts.webhookHost,
+			Port:       opts.webhookPort,
+			CASecret:   opts.webhookCASecret,
+			Hosts:      opts.webhookHosts,
+			ConfigName: opts.webhookConfigName,
+		},
 	}, ctrl.Options{
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.probeAddr,
@@ -66,11 +72,6 @@ func run(opts *options) error {
 		LeaderElectionNamespace: opts.leaderElectionNamespace,
 		// The next leader starts at once when this one exits cleanly.
 		LeaderElectionReleaseOnCancel: true,
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host:    opts.webhookHost,
-			Port:    opts.webhookPort,
-			CertDir: opts.webhookCertDir,
-		}),
 	})
 	if err != nil {
 		return err

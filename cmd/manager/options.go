@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -35,7 +36,9 @@ type options struct {
 	maxConcurrentReconciles int
 	webhookHost             string
 	webhookPort             int
-	webhookCertDir          string
+	webhookCASecret         types.NamespacedName
+	webhookHosts            []string
+	webhookConfigName       string
 	zap                     zap.Options
 }
 
@@ -74,9 +77,16 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 	fs.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 8,
 		"Number of objects of each kind reconciled in parallel.")
 	fs.StringVar(&o.webhookHost, "webhook-host", "", "Address the webhook server binds to; empty binds every interface.")
-	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port the webhook server listens on.")
-	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs",
-		"Directory of the webhook server's certificate (tls.crt, tls.key).")
+	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port the webhook server listens on; 0 disables the webhooks.")
+	var webhookCASecret, webhookService, webhookHosts string
+	fs.StringVar(&webhookCASecret, "webhook-ca-secret", "",
+		"Secret, as namespace/name, of the webhook CA the operator creates and rotates; defaults to <operator namespace>/agentmesh-webhook-ca.")
+	fs.StringVar(&webhookService, "webhook-service", "agentmesh-webhook",
+		"Service, in the operator's namespace, through which the API server calls the webhooks; it names the serving certificate.")
+	fs.StringVar(&webhookHosts, "webhook-cert-hosts", "",
+		"Comma-separated extra DNS names and IPs of the serving certificate (e.g. 127.0.0.1 for a URL-based webhook configuration).")
+	fs.StringVar(&o.webhookConfigName, "webhook-config-name", "agentmesh",
+		"Name of the MutatingWebhookConfiguration and ValidatingWebhookConfiguration whose caBundle the operator keeps; empty leaves them alone.")
 	ctrlconfig.RegisterFlags(fs)
 	o.zap = zap.Options{Development: false}
 	o.zap.BindFlags(fs)
@@ -140,14 +150,34 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		return nil, fmt.Errorf("invalid value %d for flag -kube-api-burst: must be at least -kube-api-qps (%v)", o.kubeAPIBurst, o.kubeAPIQPS)
 	case o.maxConcurrentReconciles < 1 || o.maxConcurrentReconciles > 1024:
 		return nil, fmt.Errorf("invalid value %d for flag -max-concurrent-reconciles: must be between 1 and 1024", o.maxConcurrentReconciles)
-	case o.webhookPort < 1 || o.webhookPort > 65535:
-		return nil, fmt.Errorf("invalid value %d for flag -webhook-port: must be between 1 and 65535", o.webhookPort)
 	case o.caLifetime < time.Hour:
 		return nil, fmt.Errorf("invalid value %s for flag -ca-lifetime: must be at least 1h", o.caLifetime)
 	case o.keyWorkers < 1 || o.keyWorkers > 64:
 		return nil, fmt.Errorf("invalid value %d for flag -key-workers: must be between 1 and 64", o.keyWorkers)
-	case o.webhookCertDir == "":
-		return nil, errors.New("invalid value \"\" for flag -webhook-cert-dir: must not be empty")
+	case o.webhookPort < 0 || o.webhookPort > 65535:
+		return nil, fmt.Errorf("invalid value %d for flag -webhook-port: must be between 0 and 65535", o.webhookPort)
+	}
+	if webhookCASecret == "" {
+		o.webhookCASecret = types.NamespacedName{Namespace: ns, Name: "agentmesh-webhook-ca"}
+	} else {
+		wns, wname, ok := strings.Cut(webhookCASecret, "/")
+		if !ok || len(validation.IsDNS1123Label(wns)) > 0 || len(validation.IsDNS1123Subdomain(wname)) > 0 {
+			return nil, fmt.Errorf("invalid value %q for flag -webhook-ca-secret: want namespace/name", webhookCASecret)
+		}
+		o.webhookCASecret = types.NamespacedName{Namespace: wns, Name: wname}
+	}
+	if msgs := validation.IsDNS1123Label(webhookService); len(msgs) > 0 {
+		return nil, fmt.Errorf("invalid value %q for flag -webhook-service: %s", webhookService, strings.Join(msgs, "; "))
+	}
+	o.webhookHosts = []string{webhookService + "." + ns + ".svc", webhookService + "." + ns + ".svc.cluster.local"}
+	for _, h := range strings.Split(webhookHosts, ",") {
+		if h = strings.TrimSpace(h); h == "" {
+			continue
+		}
+		if net.ParseIP(h) == nil && len(validation.IsDNS1123Subdomain(h)) > 0 {
+			return nil, fmt.Errorf("invalid value %q for flag -webhook-cert-hosts: %q is neither a DNS name nor an IP", webhookHosts, h)
+		}
+		o.webhookHosts = append(o.webhookHosts, h)
 	}
 	return o, nil
 }

@@ -23,6 +23,10 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if o.kubeAPIQPS != 200 || o.kubeAPIBurst != 400 {
 		t.Errorf("qps/burst = %v/%d, want 200/400", o.kubeAPIQPS, o.kubeAPIBurst)
 	}
+	if o.webhookCASecret.String() != "agentmesh-system/agentmesh-webhook-ca" || o.webhookConfigName != "agentmesh" ||
+		strings.Join(o.webhookHosts, ",") != "agentmesh-webhook.agentmesh-system.svc,agentmesh-webhook.agentmesh-system.svc.cluster.local" {
+		t.Errorf("webhook defaults: %v %q %v", o.webhookCASecret, o.webhookConfigName, o.webhookHosts)
+	}
 	if o.defaultPolicy != "allow-authenticated" {
 		t.Errorf("default policy = %q", o.defaultPolicy)
 	}
@@ -61,6 +65,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		"burst below qps":              {[]string{"--kube-api-qps=100", "--kube-api-burst=10"}, "invalid value 10 for flag -kube-api-burst: must be at least -kube-api-qps (100)"},
 		"no concurrency":               {[]string{"--max-concurrent-reconciles=0"}, "invalid value 0 for flag -max-concurrent-reconciles"},
 		"webhook port":                 {[]string{"--webhook-port=70000"}, "invalid value 70000 for flag -webhook-port"},
+		"webhook host":                 {[]string{"--webhook-cert-hosts=127.0.0.1,not_a_host"}, `"not_a_host" is neither a DNS name nor an IP`},
+		"webhook CA secret":            {[]string{"--webhook-ca-secret=nope"}, `invalid value "nope" for flag -webhook-ca-secret`},
 		"unknown flag":                 {[]string{"--trust-domian=x"}, "flag provided but not defined: -trust-domian (run with -h for the list of flags)"},
 		"positional argument":          {[]string{"start"}, `unexpected argument "start"`},
 		"default policy":               {[]string{"--default-policy=allow"}, `invalid value "allow" for flag -default-policy: want allow-authenticated or deny`},

@@ -78,12 +78,22 @@ func run() error {
 		return err
 	}
 
+	// The API server calls the webhooks served by the local operator at a
+	// URL on loopback; the operator fills in their caBundle.
+	webhookPort, err := cluster.FreePort()
+	if err != nil {
+		return err
+	}
+	if err := c.InstallWebhooks(ctx, webhookPort); err != nil {
+		return err
+	}
 	say("starting the operator: %s (logs below)", *manager)
 	m, err := cluster.StartManager(cluster.ManagerOptions{
-		Binary:     *manager,
-		Kubeconfig: kubeconfig,
-		Output:     os.Stdout,
-		Args:       []string{"--zap-log-level=info", "--zap-encoder=console"},
+		Binary:      *manager,
+		Kubeconfig:  kubeconfig,
+		Output:      os.Stdout,
+		WebhookPort: webhookPort,
+		Args:        []string{"--zap-log-level=info", "--zap-encoder=console"},
 	})
 	if err != nil {
 		return err
@@ -121,6 +131,7 @@ agentmesh is running against a local control plane. In another terminal:
   kubectl get agentidentities -A -o wide
   kubectl get secret worker-tls -n agents -o jsonpath='{.data.tls\.crt}' | base64 -d | openssl x509 -noout -text
   kubectl get events -n agents
+  kubectl apply -f config/samples/pods/ && kubectl get pod worker -n agents -o yaml   # injected by the webhook
 
 Press Ctrl-C to stop the operator and the control plane.
 `, kubeconfig, filepath.Dir(kubectl))

@@ -135,7 +135,13 @@ func (r *AgentIdentityReconciler) Reconcile(ctx context.Context, req reconcile.R
 // ConfigMap (which needs the CA's trust anchors).
 func (r *AgentIdentityReconciler) reconcilePhases(ctx context.Context, s *identityScope) (ctrl.Result, error) {
 	result, err := r.reconcileCertificate(ctx, s)
-	if s.ca == nil || s.original == nil {
+	if s.original == nil {
+		return result, err
+	}
+	if perr := r.countPods(ctx, s); perr != nil {
+		return result, errors.Join(err, perr)
+	}
+	if s.ca == nil {
 		return result, err
 	}
 	trust, terr := r.publishTrust(ctx, s)
@@ -152,6 +158,23 @@ func (r *AgentIdentityReconciler) reconcilePhases(ctx context.Context, s *identi
 		s.notReady(trust.reason, "the trust ConfigMap cannot be written: "+trust.message)
 	}
 	return result, err
+}
+
+// countPods records how many running Pods use the identity.
+func (r *AgentIdentityReconciler) countPods(ctx context.Context, s *identityScope) error {
+	pods := &corev1.PodList{}
+	if err := r.Client.List(ctx, pods, client.InNamespace(s.id.Namespace),
+		client.MatchingLabels{mtlsv1alpha1.LabelIdentity: s.id.Name}, client.UnsafeDisableDeepCopy); err != nil {
+		return fmt.Errorf("listing Pods: %w", err)
+	}
+	var running int32
+	for i := range pods.Items {
+		if pods.Items[i].Status.Phase == corev1.PodRunning && pods.Items[i].DeletionTimestamp.IsZero() {
+			running++
+		}
+	}
+	s.id.Status.Pods = running
+	return nil
 }
 
 // reconcileCertificate runs the certificate phases in order; each one either
@@ -522,7 +545,8 @@ func (r *AgentIdentityReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return identitiesIn(ctx, c, obj.GetNamespace())
 		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&mtlsv1alpha1.AgentIdentity{}, handler.EnqueueRequestsFromMapFunc(dependentsOfIdentity(c)), builder.WithPredicates(labelsChanged)).
-		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(dependentsOfNamespace(c)), builder.WithPredicates(labelsChanged))
+		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(dependentsOfNamespace(c)), builder.WithPredicates(labelsChanged)).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(identityOfPod), builder.WithPredicates(podPhaseChanged))
 	if r.BundleCache != nil {
 		b = b.WatchesRawSource(source.Kind(r.BundleCache, &corev1.ConfigMap{}, handler.TypedEnqueueRequestsFromMapFunc(dependentsOfBundle(c))))
 	}

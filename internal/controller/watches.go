@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -167,4 +168,24 @@ func dependentsOfBundle(c client.Reader) func(context.Context, *corev1.ConfigMap
 		}
 		return out
 	}
+}
+
+// identityOfPod queues the identity a Pod names with its opt-in label.
+func identityOfPod(_ context.Context, obj client.Object) []reconcile.Request {
+	name, ok := obj.GetLabels()[mtlsv1alpha1.LabelIdentity]
+	if !ok || name == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: name}}}
+}
+
+// podPhaseChanged lets through Pods appearing, disappearing, changing phase
+// or starting to terminate: what the running count depends on.
+var podPhaseChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*corev1.Pod)
+		n, ok2 := e.ObjectNew.(*corev1.Pod)
+		return !ok1 || !ok2 || o.Status.Phase != n.Status.Phase || o.DeletionTimestamp.IsZero() != n.DeletionTimestamp.IsZero() ||
+			o.Labels[mtlsv1alpha1.LabelIdentity] != n.Labels[mtlsv1alpha1.LabelIdentity]
+	},
 }

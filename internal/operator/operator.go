@@ -6,6 +6,7 @@ package operator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,9 +14,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -26,11 +29,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/controller"
 	"github.com/agentmesh/agentmesh/internal/policy"
+	"github.com/agentmesh/agentmesh/internal/webhook"
+	"github.com/agentmesh/agentmesh/internal/webhookcert"
 )
 
 // Config is what the operator needs beyond the manager's own options.
@@ -50,12 +57,33 @@ type Config struct {
 	// DefaultPosture applies to a direction no AgentTrustPolicy governs;
 	// allow-authenticated when empty.
 	DefaultPosture policy.Posture
+	// Webhook configures the admission webhooks; a zero Port disables them.
+	Webhook WebhookConfig
+}
+
+// WebhookConfig configures the webhook server and its certificate.
+type WebhookConfig struct {
+	Host string
+	Port int
+	// CASecret is the webhook CA Secret.
+	CASecret types.NamespacedName
+	// Hosts are the serving certificate's DNS names and IPs.
+	Hosts []string
+	// ConfigName names the webhook configurations whose caBundle is kept.
+	ConfigName string
+	// CertPolicy is the webhook PKI's timing; the default when zero.
+	CertPolicy webhookcert.Policy
+	// CertInterval is the time between two checks of the certificate; one
+	// minute when zero.
+	CertInterval time.Duration
 }
 
 // Operator is a configured manager and the shared state of its controllers.
 type Operator struct {
 	Manager manager.Manager
 	CA      *ca.Holder
+	// Certs is the webhook certificate manager, nil without webhooks.
+	Certs *webhookcert.Manager
 }
 
 // NewScheme returns the scheme of every kind the operator reads or writes.
@@ -94,7 +122,28 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}:    {Label: ManagedSelector()},
 			&corev1.ConfigMap{}: {Label: ManagedSelector()},
+			// Only Pods that opt in, and only the fields the operator reads.
+			&corev1.Pod{}: {Label: OptedInSelector(), Transform: slimPod},
 		},
+	}
+	var certs *webhookcert.Manager
+	if cfg.Webhook.Port > 0 {
+		certs = &webhookcert.Manager{
+			Clock:      cfg.Clock,
+			Secret:     cfg.Webhook.CASecret,
+			Hosts:      cfg.Webhook.Hosts,
+			ConfigName: cfg.Webhook.ConfigName,
+			Policy:     cfg.Webhook.CertPolicy,
+			Interval:   cfg.Webhook.CertInterval,
+		}
+		opts.WebhookServer = ctrlwebhook.NewServer(ctrlwebhook.Options{
+			Host: cfg.Webhook.Host,
+			Port: cfg.Webhook.Port,
+			TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+				c.GetCertificate = certs.GetCertificate
+				c.MinVersion = tls.VersionTLS12
+			}},
+		})
 	}
 	mgr, err := ctrl.NewManager(restConfig, opts)
 	if err != nil {
@@ -188,6 +237,39 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		return nil, fmt.Errorf("setting up the AgentTrustPolicy controller: %w", err)
 	}
 
+	if err := (&controller.PodReconciler{
+		Client: mgr.GetClient(), Recorder: rec, OperatorNamespace: cfg.CASecret.Namespace,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the Pod controller: %w", err)
+	}
+
+	if certs != nil {
+		direct, err := client.New(restConfig, client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient()})
+		if err != nil {
+			return nil, err
+		}
+		certs.Client = direct
+		if err := mgr.Add(certs); err != nil {
+			return nil, err
+		}
+		srv := mgr.GetWebhookServer()
+		srv.Register(webhook.PodInjectorPath, webhook.Guard(&ctrlwebhook.Admission{Handler: &webhook.PodInjector{
+			Reader:            mgr.GetClient(),
+			Decoder:           admission.NewDecoder(mgr.GetScheme()),
+			TrustDomain:       cfg.TrustDomain,
+			OperatorNamespace: cfg.CASecret.Namespace,
+		}}, webhook.MaxRequestBody, webhook.ReadTimeout))
+		srv.Register(webhook.AgentTrustPolicyValidatorPath, webhook.Guard(
+			admission.WithValidator[*mtlsv1alpha1.AgentTrustPolicy](mgr.GetScheme(), webhook.AgentTrustPolicyValidator{}),
+			webhook.MaxRequestBody, webhook.ReadTimeout))
+		if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("webhook-certificate", certs.Ready); err != nil {
+			return nil, err
+		}
+	}
+
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return nil, err
 	}
@@ -197,5 +279,35 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	}); err != nil {
 		return nil, err
 	}
-	return &Operator{Manager: mgr, CA: holder}, nil
+	return &Operator{Manager: mgr, CA: holder, Certs: certs}, nil
+}
+
+// OptedInSelector selects Pods that carry the opt-in label.
+func OptedInSelector() labels.Selector {
+	req, _ := labels.NewRequirement(mtlsv1alpha1.LabelIdentity, selection.Exists, nil)
+	return labels.NewSelector().Add(*req)
+}
+
+// slimPod keeps what the operator reads of a Pod (identity, service
+// account, node, phase, injection annotation) and drops the rest before it
+// is cached.
+func slimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	slim := &corev1.Pod{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			Generation: pod.Generation, Labels: pod.Labels, DeletionTimestamp: pod.DeletionTimestamp,
+			CreationTimestamp: pod.CreationTimestamp,
+		},
+		Spec:   corev1.PodSpec{ServiceAccountName: pod.Spec.ServiceAccountName, NodeName: pod.Spec.NodeName},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase},
+	}
+	if v, ok := pod.Annotations[mtlsv1alpha1.AnnotationInjected]; ok {
+		slim.Annotations = map[string]string{mtlsv1alpha1.AnnotationInjected: v}
+	}
+	return slim, nil
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
@@ -24,7 +23,6 @@ type Manager struct {
 	WebhookPort int
 	done        chan struct{}
 	waitErr     error
-	tempDir     string
 }
 
 // ManagerOptions configure StartManager.
@@ -39,9 +37,6 @@ type ManagerOptions struct {
 	Output io.Writer
 	// WebhookPort is the port of the webhook server; 0 picks a free one.
 	WebhookPort int
-	// WebhookCertDir is the webhook server's certificate directory; empty
-	// uses a fresh temporary directory.
-	WebhookCertDir string
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on now.
@@ -79,16 +74,7 @@ func StartManager(opts ManagerOptions) (*Manager, error) {
 		}
 		m.WebhookPort = p
 	}
-	certDir := opts.WebhookCertDir
-	if certDir == "" {
-		d, err := os.MkdirTemp("", "agentmesh-webhook-certs-")
-		if err != nil {
-			return nil, err
-		}
-		certDir = d
-		m.tempDir = d
-	}
-	args := make([]string, 0, 7+len(opts.Args))
+	args := make([]string, 0, 8+len(opts.Args))
 	args = append(args,
 		"--kubeconfig="+opts.Kubeconfig,
 		"--health-probe-bind-address="+m.ProbeAddr,
@@ -96,7 +82,7 @@ func StartManager(opts ManagerOptions) (*Manager, error) {
 		"--metrics-secure=false",
 		"--webhook-host=127.0.0.1",
 		"--webhook-port="+strconv.Itoa(m.WebhookPort),
-		"--webhook-cert-dir="+certDir,
+		"--webhook-cert-hosts=127.0.0.1,localhost",
 	)
 	args = append(args, opts.Args...)
 	m.cmd = exec.Command(opts.Binary, args...)
@@ -110,16 +96,10 @@ func StartManager(opts ManagerOptions) (*Manager, error) {
 	// reaches the parent only).
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := m.cmd.Start(); err != nil {
-		if m.tempDir != "" {
-			_ = os.RemoveAll(m.tempDir)
-		}
 		return nil, fmt.Errorf("cluster: starting %s: %w", opts.Binary, err)
 	}
 	go func() {
 		m.waitErr = m.cmd.Wait()
-		if m.tempDir != "" {
-			_ = os.RemoveAll(m.tempDir)
-		}
 		close(m.done)
 	}()
 	return m, nil

@@ -322,6 +322,7 @@ func TestPrinterColumns(t *testing.T) {
 		NotAfter:    &notAfter,
 		RenewalTime: &renewal,
 		Policies:    []string{"worker-ingress"},
+		Pods:        3,
 	}
 	meta.SetStatusCondition(&id.Status.Conditions, metav1.Condition{
 		Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: mtlsv1alpha1.ReasonIssued, Message: "ok",
@@ -335,12 +336,12 @@ func TestPrinterColumns(t *testing.T) {
 		t.Fatalf("kubectl get printed %d lines, want 2:\n%s", len(lines), out)
 	}
 	header := strings.Fields(lines[0])
-	wantHeader := []string{"NAME", "READY", "SPIFFE", "ID", "EXPIRES", "SECRET", "RENEWAL", "POLICIES", "REASON", "AGE"}
+	wantHeader := []string{"NAME", "READY", "SPIFFE", "ID", "EXPIRES", "SECRET", "RENEWAL", "PODS", "POLICIES", "REASON", "AGE"}
 	if strings.Join(header, " ") != strings.Join(wantHeader, " ") {
 		t.Errorf("header = %q, want %q", header, wantHeader)
 	}
 	row := strings.Fields(lines[1])
-	want := []string{"cols", "True", id.Status.SPIFFEID, notAfter.UTC().Format(time.RFC3339), "cols-tls", renewal.UTC().Format(time.RFC3339), `["worker-ingress"]`, "Issued"}
+	want := []string{"cols", "True", id.Status.SPIFFEID, notAfter.UTC().Format(time.RFC3339), "cols-tls", renewal.UTC().Format(time.RFC3339), "3", `["worker-ingress"]`, "Issued"}
 	if len(row) != len(want)+1 || strings.Join(row[:len(want)], " ") != strings.Join(want, " ") {
 		t.Errorf("row = %q, want %q and the age", row, want)
 	}
