@@ -1,0 +1,110 @@
+package agenttls
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// TLSOption configures ServerTLSConfig and ClientTLSConfig.
+type TLSOption func(*tlsOptions)
+
+type tlsOptions struct {
+	minVersion uint16
+	serverID   spiffeid.ID
+}
+
+// AllowTLS12 accepts TLS 1.2 as well as TLS 1.3 (only TLS 1.3 otherwise),
+// for peers whose TLS stack has no TLS 1.3.
+func AllowTLS12() TLSOption {
+	return func(o *tlsOptions) { o.minVersion = tls.VersionTLS12 }
+}
+
+// WithServerID makes a client accept only a server with exactly this SPIFFE
+// ID, on top of the egress policy. Servers ignore it.
+func WithServerID(id spiffeid.ID) TLSOption {
+	return func(o *tlsOptions) { o.serverID = id }
+}
+
+func newTLSOptions(opts []TLSOption) tlsOptions {
+	o := tlsOptions{minVersion: tls.VersionTLS13}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// ServerTLSConfig returns a configuration for a server that presents the
+// current certificate on every handshake, requires a client certificate,
+// verifies it against the current CAs of the client's own trust domain, and
+// enforces the current ingress policy. Files that change are used by the
+// next handshake; established connections are not touched.
+func (s *Source) ServerTLSConfig(opts ...TLSOption) *tls.Config {
+	o := newTLSOptions(opts)
+	return &tls.Config{
+		MinVersion: o.minVersion,
+		ClientAuth: tls.RequireAnyClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.Snapshot().tlsCert, nil
+		},
+		// VerifyConnection, unlike VerifyPeerCertificate, runs on resumed
+		// sessions too, so a policy change is never bypassed.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return s.verifyPeer(Ingress, cs.PeerCertificates, spiffeid.ID{})
+		},
+	}
+}
+
+// ClientTLSConfig returns a configuration for a client that presents the
+// current certificate on every handshake, verifies the server against the
+// current CAs of the server's own trust domain, and enforces the current
+// egress policy (and WithServerID). Host names are not verified: a SPIFFE
+// peer is authenticated by its SPIFFE ID.
+func (s *Source) ClientTLSConfig(opts ...TLSOption) *tls.Config {
+	o := newTLSOptions(opts)
+	return &tls.Config{
+		MinVersion: o.minVersion,
+		// The default verification checks host names against the system
+		// roots; VerifyConnection does SPIFFE verification instead.
+		InsecureSkipVerify: true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return s.Snapshot().tlsCert, nil
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return s.verifyPeer(Egress, cs.PeerCertificates, o.serverID)
+		},
+	}
+}
+
+// verifyPeer verifies a peer's chain against the CAs of the peer's own
+// trust domain (a federated CA can never vouch for another trust domain's
+// identity), then applies the policy of the direction; in Audit mode a peer
+// the rules do not allow is logged and let through.
+func (s *Source) verifyPeer(d Direction, chain []*x509.Certificate, want spiffeid.ID) error {
+	snap := s.Snapshot()
+	if len(chain) == 0 {
+		return fmt.Errorf("agentmesh: the %s peer of %s presented no certificate", d, snap.id)
+	}
+	id, _, err := x509svid.Verify(chain, bundleMap(snap.bundles), x509svid.WithTime(time.Now()))
+	if err != nil {
+		peer := "without a SPIFFE ID"
+		if pid, idErr := x509svid.IDFromCert(chain[0]); idErr == nil {
+			peer = pid.String()
+		}
+		return fmt.Errorf("agentmesh: %s peer %s of %s does not verify against the CAs of its trust domain: %w", d, peer, snap.id, err)
+	}
+	if !want.IsZero() && id != want {
+		return fmt.Errorf("agentmesh: the server is %s, not the required %s (egress of %s)", id, want, snap.id)
+	}
+	err = snap.policy.Check(d, id)
+	if err != nil && snap.policy.Rules(d).Mode == ModeAudit {
+		s.cfg.log.Warn("agentmesh: peer not allowed by policy, let through in audit mode",
+			"direction", string(d), "spiffeID", snap.id.String(), "peer", id.String(), "reason", err.Error())
+		return nil
+	}
+	return err
+}
