@@ -42,6 +42,9 @@ const (
 	// ReasonCAChanged: the certificate was signed by a CA that is no longer
 	// trusted, and a certificate from the current CA is issued.
 	ReasonCAChanged = "CAChanged"
+	// ReasonCARotated: the certificate was signed by a CA that a rotation
+	// retires; it is reissued under the new CA, at a bounded rate.
+	ReasonCARotated = "CARotated"
 	// ReasonKeyGenerating: a slow (RSA) key is being generated off the
 	// reconcile path; issuance follows as soon as it is ready.
 	ReasonKeyGenerating = "KeyGenerating"
@@ -95,6 +98,10 @@ const (
 	// AnnotationSPIFFEID on an identity Secret names the SPIFFE ID of the
 	// certificate it holds.
 	AnnotationSPIFFEID = "mtls.agentmesh.dev/spiffe-id"
+	// AnnotationAnchorsHash on a trust ConfigMap is a hash of the own trust
+	// domain's CAs it holds, so a CA rotation can tell which bundles are
+	// current without parsing them.
+	AnnotationAnchorsHash = "mtls.agentmesh.dev/anchors-hash"
 	// AnnotationPolicies on a trust ConfigMap lists the AgentTrustPolicies
 	// compiled into it, as name=generation pairs separated by commas.
 	AnnotationPolicies = "mtls.agentmesh.dev/policies"

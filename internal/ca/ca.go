@@ -6,8 +6,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +33,13 @@ const (
 	// the root(s) that the signing CA chains to. It may hold several
 	// certificates, for example an old and a new root during a rotation.
 	SecretTrustKey = "ca.crt"
+	// NextCertKey and NextKeyKey hold the next CA during a rotation:
+	// published in every trust bundle, not yet signing. A user migrating
+	// to another CA (an enterprise intermediate) puts it here, with its
+	// anchors in NextTrustKey when it does not chain to one in ca.crt.
+	NextCertKey  = "next.crt"
+	NextKeyKey   = "next.key"
+	NextTrustKey = "next-ca.crt"
 )
 
 // DefaultLifetime is the lifetime of a bootstrapped root CA.
@@ -63,9 +72,18 @@ func SerialHex(n *big.Int) string { return fmt.Sprintf("%x", n) }
 type State struct {
 	// Active signs new leaves.
 	Active *Authority
+	// Next is the CA a rotation is moving to: trusted, not yet signing.
+	Next *Authority
 	// Anchors are the trust anchors of the trust domain, deduplicated, in a
 	// stable order: every CA that may currently have signed a valid leaf.
+	// They include the next CA's and the retired ones.
 	Anchors []*x509.Certificate
+	// Retired are anchors that neither the active nor the next CA chains
+	// to: a rotation keeps them until every leaf they signed is replaced or
+	// expired.
+	Retired []*x509.Certificate
+	// Rotation is the state of the CA rotation.
+	Rotation Rotation
 	// TrustDomain is the trust domain the CA signs for.
 	TrustDomain spiffeid.TrustDomain
 
@@ -92,6 +110,13 @@ func newState(td spiffeid.TrustDomain, active *Authority, anchors []*x509.Certif
 // BundlePEM is the PEM trust bundle of the trust domain (every anchor).
 func (s *State) BundlePEM() []byte { return bytes.Clone(s.bundlePEM) }
 
+// BundleHash identifies the trust bundle (the anchors), so that a rotation
+// can tell which written bundles are current by comparing a hash.
+func (s *State) BundleHash() string {
+	sum := sha256.Sum256(s.bundlePEM)
+	return hex.EncodeToString(sum[:16])
+}
+
 // Pool is the trust bundle as a certificate pool. Callers must not modify it.
 func (s *State) Pool() *x509.CertPool { return s.pool }
 
@@ -111,6 +136,16 @@ func (s *State) Trusts(leaf *x509.Certificate, chain []*x509.Certificate) bool {
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	return err == nil
+}
+
+// SignedByActive reports whether leaf (with the intermediates in chain) was
+// signed by the active CA.
+func (s *State) SignedByActive(leaf *x509.Certificate) bool {
+	a := s.Active.Cert
+	if len(leaf.AuthorityKeyId) > 0 && len(a.SubjectKeyId) > 0 {
+		return bytes.Equal(leaf.AuthorityKeyId, a.SubjectKeyId) && leaf.CheckSignatureFrom(a) == nil
+	}
+	return leaf.CheckSignatureFrom(a) == nil
 }
 
 func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {

@@ -144,7 +144,7 @@ func TestEncodeLoadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Load(data, td, now)
+	s, err := Load(data, nil, td, now)
 	if err != nil {
 		t.Fatalf("Load of a generated CA: %v", err)
 	}
@@ -171,7 +171,7 @@ func TestLoadIntermediate(t *testing.T) {
 		SecretKeyKey:   keyPEM(t, issuing.key),
 		SecretTrustKey: EncodeCertificatesPEM(root.cert),
 	}
-	s, err := Load(data, td, now)
+	s, err := Load(data, nil, td, now)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -184,7 +184,7 @@ func TestLoadIntermediate(t *testing.T) {
 
 	// Without ca.crt, the top of tls.crt is the anchor.
 	delete(data, SecretTrustKey)
-	s, err = Load(data, td, now)
+	s, err = Load(data, nil, td, now)
 	if err != nil {
 		t.Fatalf("Load without ca.crt: %v", err)
 	}
@@ -195,7 +195,7 @@ func TestLoadIntermediate(t *testing.T) {
 	// An ca.crt holding an old and a new root (a rotation) lists both, once.
 	other := goodCA(t)
 	data[SecretTrustKey] = EncodeCertificatesPEM(other.cert, root.cert, root.cert)
-	s, err = Load(data, td, now)
+	s, err = Load(data, nil, td, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestLoadKeyFormats(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := newTestCA(t, caOpts{isCA: true, keyUsage: x509.KeyUsageCertSign, key: tc.key})
-			if _, err := Load(map[string][]byte{SecretCertKey: EncodeCertificatesPEM(c.cert), SecretKeyKey: tc.pem}, td, now); err != nil {
+			if _, err := Load(map[string][]byte{SecretCertKey: EncodeCertificatesPEM(c.cert), SecretKeyKey: tc.pem}, nil, td, now); err != nil {
 				t.Fatalf("Load: %v", err)
 			}
 		})
@@ -268,7 +268,7 @@ func TestLoadRejects(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			_, err := Load(tc.data, td, now)
+			_, err := Load(tc.data, nil, td, now)
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -288,7 +288,7 @@ func TestLoadRejects(t *testing.T) {
 func TestTrusts(t *testing.T) {
 	a, _ := Generate(GenerateOptions{TrustDomain: td, Now: now})
 	data, _ := Encode(a)
-	s, err := Load(data, td, now)
+	s, err := Load(data, nil, td, now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,7 +62,8 @@ func sameState(a, b *State) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	if !a.Active.Cert.Equal(b.Active.Cert) || len(a.Anchors) != len(b.Anchors) || len(a.Active.Chain) != len(b.Active.Chain) {
+	if !a.Active.Cert.Equal(b.Active.Cert) || len(a.Anchors) != len(b.Anchors) || len(a.Active.Chain) != len(b.Active.Chain) ||
+		a.Rotation.Phase != b.Rotation.Phase || a.Rotation.Compromised != b.Rotation.Compromised || (a.Next == nil) != (b.Next == nil) {
 		return false
 	}
 	for i := range a.Anchors {

@@ -40,74 +40,152 @@ func IsInvalid(err error) bool {
 // to (otherwise the top of tls.crt is the anchor). Finally the CA must
 // actually be able to sign a SPIFFE certificate for td that verifies to the
 // anchors, which catches name constraints and broken keys.
-func Load(data map[string][]byte, td spiffeid.TrustDomain, now time.Time) (*State, error) {
-	certPEM, ok := data[SecretCertKey]
+//
+// A next CA (next.crt, next.key, optional next-ca.crt with its anchors),
+// prepared by a rotation or supplied by a user to migrate, passes the same
+// checks. Anchors of ca.crt that neither CA chains to are retired: still
+// trusted until the rotation that retired them completes. The rotation
+// state is read from the annotations.
+func Load(data map[string][]byte, annotations map[string]string, td spiffeid.TrustDomain, now time.Time) (*State, error) {
+	active, err := loadAuthority(data, SecretCertKey, SecretKeyKey, now)
+	if err != nil {
+		return nil, err
+	}
+	var anchors []*x509.Certificate
+	if b, ok := data[SecretTrustKey]; ok && len(b) > 0 {
+		if anchors, err = parseAnchors(b, SecretTrustKey); err != nil {
+			return nil, err
+		}
+	} else {
+		anchors = []*x509.Certificate{active.top}
+	}
+	var next *authority
+	if len(data[NextCertKey]) > 0 || len(data[NextKeyKey]) > 0 {
+		if next, err = loadAuthority(data, NextCertKey, NextKeyKey, now); err != nil {
+			return nil, err
+		}
+		nextAnchors := []*x509.Certificate{next.top}
+		if b := data[NextTrustKey]; len(b) > 0 {
+			if nextAnchors, err = parseAnchors(b, NextTrustKey); err != nil {
+				return nil, err
+			}
+		}
+		anchors = append(anchors, nextAnchors...)
+	}
+	rot, err := ParseRotation(annotations)
+	if err != nil {
+		return nil, invalid("annotation %s: %v", AnnotationRotation, err)
+	}
+
+	s := newState(td, active.Authority, anchors)
+	s.Rotation = rot
+	if err := s.verifyChains(active, SecretCertKey, anchorSource(data), now); err != nil {
+		return nil, err
+	}
+	if next != nil {
+		s.Next = next.Authority
+		if err := s.verifyChains(next, NextCertKey, "the anchors of ca.crt and next-ca.crt", now); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range s.Anchors {
+		if !s.chainsTo(s.Active, a) && (s.Next == nil || !s.chainsTo(s.Next, a)) {
+			s.Retired = append(s.Retired, a)
+		}
+	}
+	if err := selfTest(s, now); err != nil {
+		return nil, invalid("the CA cannot issue certificates for trust domain %q: %v", td.Name(), err)
+	}
+	return s, nil
+}
+
+// authority is a loaded CA with the top certificate of its tls.crt.
+type authority struct {
+	*Authority
+	top *x509.Certificate
+}
+
+func loadAuthority(data map[string][]byte, certKey, keyKey string, now time.Time) (*authority, error) {
+	certPEM, ok := data[certKey]
 	if !ok || len(certPEM) == 0 {
-		return nil, invalid("%s is missing or empty", SecretCertKey)
+		return nil, invalid("%s is missing or empty", certKey)
 	}
 	certs, err := ParseCertificatesPEM(certPEM)
 	if err != nil {
-		return nil, invalid("%s: %v", SecretCertKey, err)
+		return nil, invalid("%s: %v", certKey, err)
 	}
-	keyPEM, ok := data[SecretKeyKey]
+	keyPEM, ok := data[keyKey]
 	if !ok || len(keyPEM) == 0 {
-		return nil, invalid("%s is missing or empty", SecretKeyKey)
+		return nil, invalid("%s is missing or empty", keyKey)
 	}
 	key, err := ParsePrivateKeyPEM(keyPEM)
 	if err != nil {
-		return nil, invalid("%s: %v", SecretKeyKey, err)
+		return nil, invalid("%s: %v", keyKey, err)
 	}
-
 	cert := certs[0]
 	switch {
 	case !cert.BasicConstraintsValid || !cert.IsCA:
-		return nil, invalid("%s: the certificate (subject %q) is not a CA certificate", SecretCertKey, cert.Subject.String())
+		return nil, invalid("%s: the certificate (subject %q) is not a CA certificate", certKey, cert.Subject.String())
 	case cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0:
-		return nil, invalid("%s: the CA certificate's key usage does not allow signing certificates (certSign)", SecretCertKey)
+		return nil, invalid("%s: the CA certificate's key usage does not allow signing certificates (certSign)", certKey)
 	case now.Before(cert.NotBefore):
-		return nil, invalid("%s: the CA certificate is not valid before %s", SecretCertKey, cert.NotBefore.UTC().Format(time.RFC3339))
+		return nil, invalid("%s: the CA certificate is not valid before %s", certKey, cert.NotBefore.UTC().Format(time.RFC3339))
 	case !now.Before(cert.NotAfter):
-		return nil, invalid("%s: the CA certificate expired at %s", SecretCertKey, cert.NotAfter.UTC().Format(time.RFC3339))
+		return nil, invalid("%s: the CA certificate expired at %s", certKey, cert.NotAfter.UTC().Format(time.RFC3339))
 	case !KeyMatchesCertificate(key, cert):
-		return nil, invalid("%s is not the private key of the CA certificate in %s", SecretKeyKey, SecretCertKey)
+		return nil, invalid("%s is not the private key of the CA certificate in %s", keyKey, certKey)
 	}
-
 	var chain []*x509.Certificate
 	for _, c := range certs[1:] {
 		if !isSelfSigned(c) {
 			chain = append(chain, c)
 		}
 	}
-	var anchors []*x509.Certificate
-	if b, ok := data[SecretTrustKey]; ok && len(b) > 0 {
-		anchors, err = ParseCertificatesPEM(b)
-		if err != nil {
-			return nil, invalid("%s: %v", SecretTrustKey, err)
-		}
-		for i, a := range anchors {
-			if !a.BasicConstraintsValid || !a.IsCA {
-				return nil, invalid("%s: certificate %d (subject %q) is not a CA certificate", SecretTrustKey, i+1, a.Subject.String())
-			}
-		}
-	} else {
-		anchors = []*x509.Certificate{certs[len(certs)-1]}
-	}
+	return &authority{Authority: &Authority{Cert: cert, Chain: chain, Signer: key}, top: certs[len(certs)-1]}, nil
+}
 
-	s := newState(td, &Authority{Cert: cert, Chain: chain, Signer: key}, anchors)
+func parseAnchors(b []byte, key string) ([]*x509.Certificate, error) {
+	anchors, err := ParseCertificatesPEM(b)
+	if err != nil {
+		return nil, invalid("%s: %v", key, err)
+	}
+	for i, a := range anchors {
+		if !a.BasicConstraintsValid || !a.IsCA {
+			return nil, invalid("%s: certificate %d (subject %q) is not a CA certificate", key, i+1, a.Subject.String())
+		}
+	}
+	return anchors, nil
+}
+
+// verifyChains checks that a CA chains to the anchors.
+func (s *State) verifyChains(a *authority, certKey, source string, now time.Time) error {
 	inter := x509.NewCertPool()
-	for _, c := range chain {
+	for _, c := range a.Chain {
 		inter.AddCert(c)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{
+	if _, err := a.Cert.Verify(x509.VerifyOptions{
 		Roots: s.pool, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	}); err != nil {
-		return nil, invalid("%s: the CA certificate does not chain to the trust anchors (%s): %v", SecretCertKey, anchorSource(data), err)
+		return invalid("%s: the CA certificate does not chain to the trust anchors (%s): %v", certKey, source, err)
 	}
-	if err := selfTest(s, now); err != nil {
-		return nil, invalid("the CA cannot issue certificates for trust domain %q: %v", td.Name(), err)
+	return nil
+}
+
+// chainsTo reports whether the CA a chains to the anchor.
+func (s *State) chainsTo(a *Authority, anchor *x509.Certificate) bool {
+	if a.Cert.Equal(anchor) {
+		return true
 	}
-	return s, nil
+	roots := x509.NewCertPool()
+	roots.AddCert(anchor)
+	inter := x509.NewCertPool()
+	for _, c := range a.Chain {
+		inter.AddCert(c)
+	}
+	_, err := a.Cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: a.Cert.NotBefore.Add(time.Second),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil
 }
 
 func anchorSource(data map[string][]byte) string {

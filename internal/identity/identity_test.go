@@ -35,7 +35,7 @@ func newCA(t *testing.T, at time.Time, lifetime time.Duration) *ca.State {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := ca.Load(data, td, at)
+	st, err := ca.Load(data, nil, td, at)
 	if err != nil {
 		t.Fatal(err)
 	}

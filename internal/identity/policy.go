@@ -68,6 +68,7 @@ var chain = []check{
 	wrongIdentity,
 	wrongChain,
 	untrustedCA,
+	rotatedCA,
 	specChanged,
 	renewalDue,
 }
@@ -140,9 +141,9 @@ func wrongIdentity(c *checkContext) (string, string) {
 func wrongChain(c *checkContext) (string, string) {
 	want := ExpectedChain(c.ca)
 	if !slices.EqualFunc(c.chain, want, func(a, b *x509.Certificate) bool { return a.Equal(b) }) {
-		// A leaf from another CA has another chain too; let the CA check
+		// A leaf from another CA has another chain too; let the CA checks
 		// name the cause.
-		if !c.ca.Trusts(c.leaf, c.chain) {
+		if !c.ca.Trusts(c.leaf, c.chain) || !c.ca.SignedByActive(c.leaf) {
 			return "", ""
 		}
 		return mtlsv1alpha1.ReasonSecretRepaired, fmt.Sprintf("the chain in %s is not the CA's chain", SecretCertKey)
@@ -153,6 +154,15 @@ func wrongChain(c *checkContext) (string, string) {
 func untrustedCA(c *checkContext) (string, string) {
 	if !c.ca.Trusts(c.leaf, c.chain) {
 		return mtlsv1alpha1.ReasonCAChanged, "the certificate was signed by a CA that is no longer trusted"
+	}
+	return "", ""
+}
+
+// rotatedCA reissues a certificate that a CA still trusted but no longer
+// signing (retired by a rotation) signed.
+func rotatedCA(c *checkContext) (string, string) {
+	if !c.ca.SignedByActive(c.leaf) {
+		return mtlsv1alpha1.ReasonCARotated, fmt.Sprintf("the certificate was signed by a CA that the rotation to CA %s retires", c.ca.Active.SerialHex())
 	}
 	return "", ""
 }
