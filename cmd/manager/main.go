@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/logging"
 	"github.com/agentmesh/agentmesh/internal/operator"
 )
@@ -57,6 +58,8 @@ func run(opts *options) error {
 		MaxConcurrentReconciles: opts.maxConcurrentReconciles,
 		KeyWorkers:              opts.keyWorkers,
 		DefaultPosture:          opts.defaultPolicy,
+		Rotation:                ca.RotationPolicy{RotateAt: opts.caRotateAt, Grace: opts.caGrace, Lifetime: opts.caLifetime},
+		ReissueRate:             opts.caReissueRate,
 		Webhook: operator.WebhookConfig{
 			Host:       opts.webhookHost,
 			Port:       opts.webhookPort,

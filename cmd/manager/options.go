@@ -25,6 +25,9 @@ type options struct {
 	caSecret                types.NamespacedName
 	caLifetime              time.Duration
 	keyWorkers              int
+	caRotateAt              float64
+	caGrace                 time.Duration
+	caReissueRate           float64
 	defaultPolicy           policy.Posture
 	metricsAddr             string
 	metricsSecure           bool
@@ -57,6 +60,12 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 			"Its namespace is the operator's namespace.")
 	fs.DurationVar(&o.caLifetime, "ca-lifetime", 365*24*time.Hour,
 		"Lifetime of the self-signed root CA the operator creates when --ca-secret does not exist.")
+	fs.Float64Var(&o.caRotateAt, "ca-rotate-at", 0.5,
+		"Share of its lifetime after which a CA the operator created is rotated (the next CA is prepared); 0 turns scheduled rotation off.")
+	fs.DurationVar(&o.caGrace, "ca-propagation-grace", 2*time.Minute,
+		"During a CA rotation, how long after every trust bundle holds the next CA it starts signing (time for the kubelet to update mounted files).")
+	fs.Float64Var(&o.caReissueRate, "ca-reissue-rate", 20,
+		"Certificates reissued per second under the new CA after a rotation (an emergency rotation is not limited).")
 	fs.IntVar(&o.keyWorkers, "key-workers", 1,
 		"Number of RSA keys generated in parallel, off the reconcile path (ECDSA and Ed25519 keys are generated inline).")
 	var defaultPolicy string
@@ -152,6 +161,12 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		return nil, fmt.Errorf("invalid value %d for flag -max-concurrent-reconciles: must be between 1 and 1024", o.maxConcurrentReconciles)
 	case o.caLifetime < time.Hour:
 		return nil, fmt.Errorf("invalid value %s for flag -ca-lifetime: must be at least 1h", o.caLifetime)
+	case o.caRotateAt < 0 || o.caRotateAt >= 1:
+		return nil, fmt.Errorf("invalid value %v for flag -ca-rotate-at: must be at least 0 and below 1", o.caRotateAt)
+	case o.caGrace < 0:
+		return nil, fmt.Errorf("invalid value %s for flag -ca-propagation-grace: must not be negative", o.caGrace)
+	case o.caReissueRate <= 0:
+		return nil, fmt.Errorf("invalid value %v for flag -ca-reissue-rate: must be greater than 0", o.caReissueRate)
 	case o.keyWorkers < 1 || o.keyWorkers > 64:
 		return nil, fmt.Errorf("invalid value %d for flag -key-workers: must be between 1 and 64", o.keyWorkers)
 	case o.webhookPort < 0 || o.webhookPort > 65535:

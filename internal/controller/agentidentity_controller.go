@@ -82,6 +82,8 @@ type AgentIdentityReconciler struct {
 	TrustDomain spiffeid.TrustDomain
 	// DefaultPosture applies to a direction that no AgentTrustPolicy governs.
 	DefaultPosture policy.Posture
+	// Reissue bounds the rate of reissues a CA rotation causes.
+	Reissue *ReissueGate
 	// BundleReader reads ConfigMaps labelled as federated trust bundles;
 	// BundleCache is the same cache, watched for changes.
 	BundleReader client.Reader
@@ -304,6 +306,13 @@ func (r *AgentIdentityReconciler) conflictPersists(ctx context.Context, s *ident
 
 // issue generates a key, issues a certificate and writes the Secret.
 func (r *AgentIdentityReconciler) issue(ctx context.Context, s *identityScope, d identity.Decision) (ctrl.Result, error) {
+	if d.Reason == mtlsv1alpha1.ReasonCARotated && !s.ca.Rotation.Compromised && r.Reissue != nil {
+		if wait := r.Reissue.Admit(s.id.UID, s.now); wait > 0 {
+			// The certificate in place is valid and trusted: wait for this
+			// identity's slot without touching its status.
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+	}
 	s.log.V(1).Info("issuing", "reason", d.Reason, "why", d.Message)
 	var key crypto.Signer
 	if identity.IsSlowKey(s.req.KeyAlgorithm) {

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -73,7 +74,7 @@ func (r *CAReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl
 		return ctrl.Result{}, fmt.Errorf("reading the CA Secret: %w", err)
 	}
 
-	st, err := ca.Load(secret.Data, r.TrustDomain, now)
+	st, err := ca.Load(secret.Data, secret.Annotations, r.TrustDomain, now)
 	if err != nil {
 		if !ca.IsInvalid(err) {
 			return ctrl.Result{}, err
@@ -87,7 +88,8 @@ func (r *CAReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl
 		return ctrl.Result{}, nil
 	}
 	if r.Holder.Set(st, nil) {
-		log.Info("loaded the agent CA", "serial", st.Active.SerialHex(), "notAfter", st.Active.Cert.NotAfter, "anchors", len(st.Anchors))
+		log.Info("loaded the agent CA", "serial", st.Active.SerialHex(), "notAfter", st.Active.Cert.NotAfter, "anchors", len(st.Anchors),
+			"rotation", st.Rotation.Phase)
 		r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, eventCALoaded, "Load",
 			"Loaded CA %s (subject %q, valid until %s) with %d trust anchor(s)",
 			st.Active.SerialHex(), st.Active.Cert.Subject.String(), st.Active.Cert.NotAfter.UTC().Format(time.RFC3339), len(st.Anchors))
@@ -95,8 +97,12 @@ func (r *CAReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl
 	if r.Metrics != nil {
 		r.Metrics.SetCA(st)
 	}
-	// Look again when the CA expires, so that expiry is noticed.
-	return ctrl.Result{RequeueAfter: max(st.Active.Cert.NotAfter.Sub(now), time.Second)}, nil
+	// Look again when a CA expires, so that expiry is noticed.
+	next := st.Active.Cert.NotAfter
+	if st.Next != nil && st.Next.Cert.NotAfter.Before(next) {
+		next = st.Next.Cert.NotAfter
+	}
+	return ctrl.Result{RequeueAfter: max(next.Sub(now), time.Second)}, nil
 }
 
 func (r *CAReconciler) bootstrap(ctx context.Context, now time.Time) (ctrl.Result, error) {
@@ -109,11 +115,17 @@ func (r *CAReconciler) bootstrap(ctx context.Context, now time.Time) (ctrl.Resul
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	rotation, err := json.Marshal(ca.Rotation{Phase: ca.PhaseStable, Active: a.SerialHex()})
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: r.Secret.Namespace,
 			Name:      r.Secret.Name,
 			Labels:    map[string]string{mtlsv1alpha1.LabelManagedBy: mtlsv1alpha1.ManagedByValue},
+			// The operator created this CA, so it rotates it on schedule.
+			Annotations: map[string]string{ca.AnnotationManaged: "true", ca.AnnotationRotation: string(rotation)},
 		},
 		Type: corev1.SecretTypeTLS,
 		Data: data,

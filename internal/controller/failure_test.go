@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,7 +31,23 @@ import (
 // must not crash, must report not ready, say why in an Event, hold every
 // identity at Ready=False/CANotReady, and recover once the Secret is fixed.
 func TestBadCA(t *testing.T) {
+	// A control plane of its own: fixing the CA reissues every identity a
+	// cluster holds, and this test needs only its own.
+	c, err := cluster.Start(cluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Stop() }()
+	cl, err := client.New(c.Config, client.Options{Scheme: operator.NewScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
+	for _, ns := range []string{operatorNamespace, "agents"} {
+		if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bad := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: operatorNamespace, Name: "bad-ca"},
 		Data: map[string][]byte{
@@ -38,20 +55,16 @@ func TestBadCA(t *testing.T) {
 			"tls.key": []byte("garbage"),
 		},
 	}
-	create(t, bad)
-	stopOperator()
-	defer func() {
-		if err := startOperator(); err != nil {
-			t.Fatal(err)
-		}
-	}()
+	if err := cl.Create(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
 
 	port, err := cluster.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	probe := fmt.Sprintf("127.0.0.1:%d", port)
-	op, err := operator.New(env.Config, operator.Config{
+	op, err := operator.New(c.Config, operator.Config{
 		TrustDomain: td, CASecret: types.NamespacedName{Namespace: operatorNamespace, Name: "bad-ca"}, Clock: clk,
 	}, ctrl.Options{
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -86,7 +99,7 @@ func TestBadCA(t *testing.T) {
 		}
 		return nil
 	})
-	note := waitEvent(t, bad, "Secret", "CAInvalid")
+	note := waitEventIn(t, cl, bad, "Secret", "CAInvalid")
 	if !strings.Contains(note, "tls.crt: certificate 1") {
 		t.Errorf("CAInvalid event %q does not say what is wrong", note)
 	}
@@ -94,13 +107,11 @@ func TestBadCA(t *testing.T) {
 		t.Errorf("CA error %v", err)
 	}
 
-	ns := newNamespace(t)
-	id := newIdentity(ns, "waiting")
-	create(t, id)
-	got := waitCondition(t, client.ObjectKeyFromObject(id), mtlsv1alpha1.ConditionReady, metav1.ConditionFalse, mtlsv1alpha1.ReasonCANotReady)
-	if c := meta.FindStatusCondition(got.Status.Conditions, mtlsv1alpha1.ConditionReady); !strings.Contains(c.Message, "CA Secret agentmesh-system/bad-ca") {
-		t.Errorf("message %q does not point at the CA Secret", c.Message)
+	id := newIdentity("agents", "waiting")
+	if err := cl.Create(ctx, id); err != nil {
+		t.Fatal(err)
 	}
+	waitMessageIn(t, cl, client.ObjectKeyFromObject(id), mtlsv1alpha1.ConditionReady, mtlsv1alpha1.ReasonCANotReady, "CA Secret agentmesh-system/bad-ca")
 
 	// Fix the Secret: the operator picks it up without a restart.
 	a, err := ca.Generate(ca.GenerateOptions{TrustDomain: td, Now: clk.Now()})
@@ -111,10 +122,10 @@ func TestBadCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := k8s.Update(ctx, bad); err != nil {
+	if err := cl.Update(ctx, bad); err != nil {
 		t.Fatal(err)
 	}
-	waitReady(t, client.ObjectKeyFromObject(id))
+	waitMessageIn(t, cl, client.ObjectKeyFromObject(id), mtlsv1alpha1.ConditionReady, mtlsv1alpha1.ReasonIssued, "is valid until")
 	eventually(t, 10*time.Second, "ready again", func() error {
 		if code, body := readyz(); code != http.StatusOK {
 			return fmt.Errorf("readyz %d %q", code, body)
@@ -126,6 +137,42 @@ func TestBadCA(t *testing.T) {
 		t.Fatalf("the operator exited: %v", err)
 	default:
 	}
+}
+
+// waitEventIn waits for an Event about obj in the cluster cl.
+func waitEventIn(t *testing.T, cl client.Client, obj client.Object, kind, reason string) string {
+	t.Helper()
+	var note string
+	eventually(t, 10*time.Second, "event "+reason+" on "+obj.GetName(), func() error {
+		list := &eventsv1.EventList{}
+		if err := cl.List(context.Background(), list, client.InNamespace(obj.GetNamespace())); err != nil {
+			return err
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == obj.GetName() && e.Regarding.Kind == kind && e.Reason == reason {
+				note = e.Note
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s event among %d", reason, len(list.Items))
+	})
+	return note
+}
+
+// waitMessageIn waits for an identity's condition in the cluster cl.
+func waitMessageIn(t *testing.T, cl client.Client, nn types.NamespacedName, typ, reason, want string) {
+	t.Helper()
+	eventually(t, 20*time.Second, fmt.Sprintf("%s %s=%s", nn, typ, reason), func() error {
+		id := &mtlsv1alpha1.AgentIdentity{}
+		if err := cl.Get(context.Background(), nn, id); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(id.Status.Conditions, typ)
+		if c == nil || c.Reason != reason || !strings.Contains(c.Message, want) {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
 }
 
 // TestInvalidSpecPassingTheSchema installs the CRDs without their

@@ -78,7 +78,7 @@ func brokenCA(t *testing.T) *ca.State {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := ca.Load(data, td, clk.Now())
+	st, err := ca.Load(data, nil, td, clk.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

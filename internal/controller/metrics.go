@@ -22,9 +22,10 @@ type Metrics struct {
 	issuances       *prometheus.CounterVec
 	failures        *prometheus.CounterVec
 	caExpiry        *prometheus.GaugeVec
+	rotationPhase   *prometheus.GaugeVec
+	rotationIDs     *prometheus.GaugeVec
 
-	mu       sync.Mutex
-	caSerial string
+	mu sync.Mutex
 }
 
 var (
@@ -60,10 +61,19 @@ func NewMetrics() *Metrics {
 			}, []string{"reason"}),
 			caExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 				Name: "agentmesh_ca_expiration_timestamp_seconds",
-				Help: "Expiry of the signing agent CA, in Unix seconds, by serial.",
-			}, []string{"serial"}),
+				Help: "Expiry of each trusted agent CA, in Unix seconds, by serial and role (active, next, retired).",
+			}, []string{"serial", "role"}),
+			rotationPhase: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+				Name: "agentmesh_ca_rotation_phase",
+				Help: "1 for the current phase of the CA rotation (Stable, Propagating, Reissuing), 0 for the others.",
+			}, []string{"phase"}),
+			rotationIDs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+				Name: "agentmesh_ca_rotation_identities",
+				Help: "Identities with a certificate (state=total) and those whose certificate the active CA signed (state=on_active).",
+			}, []string{"state"}),
 		}
-		metrics.Registry.MustRegister(m.identityExpiry, m.identityRenewal, m.identityReady, m.issuances, m.failures, m.caExpiry)
+		metrics.Registry.MustRegister(m.identityExpiry, m.identityRenewal, m.identityReady, m.issuances, m.failures, m.caExpiry,
+			m.rotationPhase, m.rotationIDs)
 		sharedMetrics = m
 	})
 	return sharedMetrics
@@ -91,16 +101,28 @@ func (m *Metrics) Issued(reason string) { m.issuances.WithLabelValues(reason).In
 // Failed counts a failed issuance.
 func (m *Metrics) Failed(reason string) { m.failures.WithLabelValues(reason).Inc() }
 
-// SetCA records the signing CA's expiry, replacing the previous CA's series.
+// SetCA records the expiry of every trusted CA, replacing the previous
+// series.
 func (m *Metrics) SetCA(st *ca.State) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	serial := st.Active.SerialHex()
-	if m.caSerial != "" && m.caSerial != serial {
-		m.caExpiry.DeleteLabelValues(m.caSerial)
+	m.caExpiry.Reset()
+	m.caExpiry.WithLabelValues(st.Active.SerialHex(), "active").Set(float64(st.Active.Cert.NotAfter.Unix()))
+	if st.Next != nil {
+		m.caExpiry.WithLabelValues(st.Next.SerialHex(), "next").Set(float64(st.Next.Cert.NotAfter.Unix()))
 	}
-	m.caSerial = serial
-	m.caExpiry.WithLabelValues(serial).Set(float64(st.Active.Cert.NotAfter.Unix()))
+	for _, c := range st.Retired {
+		m.caExpiry.WithLabelValues(ca.SerialHex(c.SerialNumber), "retired").Set(float64(c.NotAfter.Unix()))
+	}
+}
+
+// SetRotation records the rotation's phase and progress.
+func (m *Metrics) SetRotation(st *ca.State, total, onActive int) {
+	for _, p := range []ca.Phase{ca.PhaseStable, ca.PhasePropagating, ca.PhaseReissuing} {
+		m.rotationPhase.WithLabelValues(string(p)).Set(boolFloat(st.Rotation.Phase == p))
+	}
+	m.rotationIDs.WithLabelValues("total").Set(float64(total))
+	m.rotationIDs.WithLabelValues("on_active").Set(float64(onActive))
 }
 
 func boolFloat(b bool) float64 {

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -65,6 +66,9 @@ func (r *AgentIdentityReconciler) publishTrust(ctx context.Context, s *identityS
 		for _, c := range compiled {
 			if c.AgentSelector == nil && slices.Contains(before, c.Name) {
 				s.id.Status.Policies = before
+				if err := r.refreshAnchors(ctx, s, existing, previous); err != nil {
+					return trustResult{}, err
+				}
 				return trustResult{published: true, reason: mtlsv1alpha1.ReasonPolicyInvalid,
 					message: fmt.Sprintf("AgentTrustPolicy %s cannot be compiled (%s); the last trust ConfigMap is kept", c.Name, c.ErrorMessage())}, nil
 			}
@@ -100,6 +104,11 @@ func (r *AgentIdentityReconciler) publishTrust(ctx context.Context, s *identityS
 	out, err := policy.Render(eff, bundles)
 	var tooLarge *policy.TooLargeError
 	if errors.As(err, &tooLarge) {
+		if existing != nil {
+			if err := r.refreshAnchors(ctx, s, existing, previous); err != nil {
+				return trustResult{}, err
+			}
+		}
 		return trustResult{published: existing != nil, reason: mtlsv1alpha1.ReasonPolicyTooLarge,
 			message: err.Error() + "; the last trust ConfigMap is kept"}, nil
 	}
@@ -119,6 +128,29 @@ func (r *AgentIdentityReconciler) publishTrust(ctx context.Context, s *identityS
 		res.message = fmt.Sprintf("compiled from AgentTrustPolicies %s", strings.Join(names, ", "))
 	}
 	return res, nil
+}
+
+// refreshAnchors keeps a trust ConfigMap whose policy is frozen (kept
+// because of an error) current in one respect: the own trust domain's CAs,
+// which a CA rotation must be able to propagate whatever the policies say.
+func (r *AgentIdentityReconciler) refreshAnchors(ctx context.Context, s *identityScope, existing *corev1.ConfigMap, previous policy.Output) error {
+	if existing.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == s.ca.BundleHash() {
+		return nil
+	}
+	eff := &policy.Effective{}
+	if err := json.Unmarshal(previous.PolicyJSON, eff); err != nil {
+		return fmt.Errorf("reading the kept policy.json of ConfigMap %s: %w", existing.Name, err)
+	}
+	bundles := policy.PreviousBundles(previous)
+	if bundles == nil {
+		bundles = map[string][]*x509.Certificate{}
+	}
+	bundles[r.TrustDomain.Name()] = s.ca.Anchors
+	out, err := policy.Render(eff, bundles)
+	if err != nil {
+		return err
+	}
+	return r.writeTrustConfigMap(ctx, s, existing, out, existing.Annotations[mtlsv1alpha1.AnnotationPolicies])
 }
 
 // trustBundles collects the bundle of the own trust domain and of every
@@ -190,8 +222,10 @@ func ReadTrustBundle(ctx context.Context, cached, live client.Reader, ns string,
 
 func (r *AgentIdentityReconciler) writeTrustConfigMap(ctx context.Context, s *identityScope, existing *corev1.ConfigMap, out policy.Output, policies string) error {
 	hash := out.ContentHash()
+	anchors := s.ca.BundleHash()
 	if existing != nil && existing.Annotations[mtlsv1alpha1.AnnotationContentHash] == hash &&
 		existing.Annotations[mtlsv1alpha1.AnnotationPolicies] == policies &&
+		existing.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == anchors &&
 		existing.Labels[mtlsv1alpha1.LabelIdentity] == s.id.Name {
 		return nil
 	}
@@ -211,6 +245,7 @@ func (r *AgentIdentityReconciler) writeTrustConfigMap(ctx context.Context, s *id
 	}
 	cm.Annotations[mtlsv1alpha1.AnnotationContentHash] = hash
 	cm.Annotations[mtlsv1alpha1.AnnotationPolicies] = policies
+	cm.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] = anchors
 	cm.Data = map[string]string{policy.BundleKey: string(out.BundlePEM), policy.PolicyKey: string(out.PolicyJSON)}
 	if err := controllerutil.SetControllerReference(s.id, cm, r.Client.Scheme()); err != nil {
 		return err

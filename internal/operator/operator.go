@@ -5,6 +5,7 @@
 package operator
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -59,6 +60,12 @@ type Config struct {
 	DefaultPosture policy.Posture
 	// Webhook configures the admission webhooks; a zero Port disables them.
 	Webhook WebhookConfig
+	// Rotation is the CA rotation schedule; ca.DefaultRotationPolicy when
+	// zero.
+	Rotation ca.RotationPolicy
+	// ReissueRate bounds the reissues per second a CA rotation causes; 20
+	// when zero.
+	ReissueRate float64
 }
 
 // WebhookConfig configures the webhook server and its certificate.
@@ -115,6 +122,15 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	}
 	if cfg.DefaultPosture == "" {
 		cfg.DefaultPosture = policy.AllowAuthenticated
+	}
+	if cfg.Rotation == (ca.RotationPolicy{}) {
+		cfg.Rotation = ca.DefaultRotationPolicy
+	}
+	if cfg.Rotation.Lifetime == 0 {
+		cfg.Rotation.Lifetime = cmp.Or(cfg.CALifetime, ca.DefaultLifetime)
+	}
+	if cfg.ReissueRate <= 0 {
+		cfg.ReissueRate = 20
 	}
 	opts.Scheme = NewScheme()
 	opts.Cache = cache.Options{
@@ -208,6 +224,19 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the CA controller: %w", err)
 	}
+	if err := (&controller.CARotationReconciler{
+		Client:      mgr.GetClient(),
+		Reader:      caCache,
+		Cache:       caCache,
+		Recorder:    rec,
+		Clock:       cfg.Clock,
+		Secret:      cfg.CASecret,
+		Policy:      cfg.Rotation,
+		Metrics:     metrics,
+		TrustDomain: cfg.TrustDomain,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the CA rotation controller: %w", err)
+	}
 	if err := (&controller.AgentIdentityReconciler{
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
@@ -215,6 +244,7 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		Clock:                   cfg.Clock,
 		CA:                      holder,
 		Keys:                    controller.NewKeyPool(cfg.KeyWorkers),
+		Reissue:                 controller.NewReissueGate(cfg.ReissueRate),
 		Metrics:                 metrics,
 		TrustDomain:             cfg.TrustDomain,
 		DefaultPosture:          cfg.DefaultPosture,

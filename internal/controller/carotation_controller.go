@@ -1,0 +1,305 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+)
+
+// CAStatusConfigMapName is the ConfigMap, in the operator's namespace, that
+// shows the CA and its rotation to anyone who may read ConfigMaps there
+// (reading the CA Secret itself would expose the CA's key).
+const CAStatusConfigMapName = "agentmesh-ca-status"
+
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;update
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update
+
+// CARotationReconciler runs the CA rotation on the leader: it measures how
+// far the trust bundles and certificates have moved, advances the rotation
+// state in the CA Secret one step at a time (ca.PlanRotation), reports it
+// in Events, metrics and the agentmesh-ca-status ConfigMap, and adopts a CA
+// that was replaced in place without losing the previous one.
+type CARotationReconciler struct {
+	Client      client.Client
+	Reader      client.Reader
+	Cache       cache.Cache
+	Recorder    recorder.EventRecorder
+	Clock       clock.PassiveClock
+	Secret      types.NamespacedName
+	Policy      ca.RotationPolicy
+	Metrics     *Metrics
+	TrustDomain spiffeid.TrustDomain
+
+	mu       sync.Mutex
+	lastSeen *ca.State
+}
+
+// RotationStatus is what agentmesh-ca-status shows.
+type RotationStatus struct {
+	Phase        ca.Phase `json:"phase"`
+	Reason       string   `json:"reason,omitempty"`
+	Compromised  bool     `json:"compromised,omitempty"`
+	Active       CAInfo   `json:"active"`
+	Next         *CAInfo  `json:"next,omitempty"`
+	Retired      []CAInfo `json:"retired,omitempty"`
+	Progress     Progress `json:"progress"`
+	NextRotation string   `json:"nextRotation,omitempty"`
+}
+
+// CAInfo names a CA.
+type CAInfo struct {
+	Serial   string `json:"serial"`
+	Subject  string `json:"subject"`
+	NotAfter string `json:"notAfter"`
+}
+
+// Progress is the rotation's progress in numbers.
+type Progress struct {
+	BundlesCurrent     int `json:"bundlesCurrent"`
+	Bundles            int `json:"bundles"`
+	IdentitiesOnActive int `json:"identitiesOnActive"`
+	Identities         int `json:"identities"`
+}
+
+// Reconcile advances the rotation by at most one step.
+func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
+	log := logf.FromContext(ctx).WithValues("caSecret", r.Secret.String())
+	now := r.Clock.Now()
+	sec := &corev1.Secret{}
+	if err := r.Reader.Get(ctx, r.Secret, sec); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	st, err := ca.Load(sec.Data, sec.Annotations, r.TrustDomain, now)
+	if err != nil {
+		// The CAReconciler reports an unusable CA; nothing to rotate.
+		return ctrl.Result{}, nil
+	}
+	progress, err := r.measure(ctx, st, now)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+
+	var step ca.Step
+	r.mu.Lock()
+	previous := r.lastSeen
+	r.mu.Unlock()
+	if previous != nil && st.Rotation.Phase == ca.PhaseStable && !previous.Active.Cert.Equal(st.Active.Cert) &&
+		st.Rotation.Active != "" && st.Rotation.Active != st.Active.SerialHex() {
+		step, err = ca.AdoptReplacement(st, previous, sec.Data, sec.Annotations, now)
+	} else {
+		step, err = ca.PlanRotation(st, sec.Data, sec.Annotations, ca.Progress{
+			Bundles: progress.bundles, BundlesCurrent: progress.bundlesCurrent,
+			Leaves: progress.leaves, LeavesOnActive: progress.onActive, OthersExpireAt: progress.othersExpireAt,
+		}, now, r.Policy)
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if step.Changed {
+		upd := sec.DeepCopy()
+		upd.Data, upd.Annotations = step.Data, step.Annotations
+		if err := r.Client.Update(ctx, upd, client.FieldOwner(FieldOwner)); err != nil {
+			return ctrl.Result{}, fmt.Errorf("writing the CA rotation: %w", err)
+		}
+		for _, e := range step.Events {
+			log.Info("CA rotation", "step", e.Reason, "detail", e.Message)
+			r.Recorder.Eventf(upd, nil, corev1.EventTypeNormal, e.Reason, "Rotate", "%s", e.Message)
+		}
+		if st, err = ca.Load(upd.Data, upd.Annotations, r.TrustDomain, now); err != nil {
+			return ctrl.Result{}, err
+		}
+		if progress, err = r.measure(ctx, st, now); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	r.mu.Lock()
+	r.lastSeen = st
+	r.mu.Unlock()
+
+	status := r.status(st, progress, sec.Annotations[ca.AnnotationManaged] == "true")
+	if r.Metrics != nil {
+		r.Metrics.SetRotation(st, progress.leaves, progress.onActive)
+	}
+	if err := r.writeStatus(ctx, status); err != nil {
+		return ctrl.Result{}, err
+	}
+
+	if st.Rotation.Phase != ca.PhaseStable {
+		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
+	}
+	// Between rotations the status is refreshed every 15s (a scan of the
+	// caches); a due rotation starts on time.
+	if due, ok := ca.NextRotation(st, sec.Annotations[ca.AnnotationManaged] == "true", r.Policy); ok {
+		return ctrl.Result{RequeueAfter: min(max(due.Sub(now), time.Second), stableInterval)}, nil
+	}
+	return ctrl.Result{RequeueAfter: stableInterval}, nil
+}
+
+// stableInterval is how often the CA status is refreshed between rotations.
+const stableInterval = 15 * time.Second
+
+type measured struct {
+	bundles, bundlesCurrent int
+	leaves, onActive        int
+	othersExpireAt          time.Time
+}
+
+// measure counts, from the caches, the trust bundles that hold the current
+// anchors and the identities whose certificate the active CA signed.
+func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now time.Time) (measured, error) {
+	var m measured
+	bundle, hash := st.BundlePEM(), st.BundleHash()
+	secrets := &corev1.SecretList{}
+	if err := r.Client.List(ctx, secrets, client.HasLabels{mtlsv1alpha1.LabelIdentity}, client.UnsafeDisableDeepCopy); err != nil {
+		return m, err
+	}
+	for i := range secrets.Items {
+		if _, ok := secrets.Items[i].Data["ca.crt"]; !ok {
+			continue
+		}
+		m.bundles++
+		if bytes.Equal(secrets.Items[i].Data["ca.crt"], bundle) {
+			m.bundlesCurrent++
+		}
+	}
+	cms := &corev1.ConfigMapList{}
+	if err := r.Client.List(ctx, cms, client.HasLabels{mtlsv1alpha1.LabelIdentity}, client.UnsafeDisableDeepCopy); err != nil {
+		return m, err
+	}
+	for i := range cms.Items {
+		m.bundles++
+		if cms.Items[i].Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == hash {
+			m.bundlesCurrent++
+		}
+	}
+	ids := &mtlsv1alpha1.AgentIdentityList{}
+	if err := r.Client.List(ctx, ids, client.UnsafeDisableDeepCopy); err != nil {
+		return m, err
+	}
+	active := st.Active.SerialHex()
+	for i := range ids.Items {
+		s := &ids.Items[i].Status
+		if s.SerialNumber == "" || s.NotAfter == nil || !now.Before(s.NotAfter.Time) {
+			continue
+		}
+		m.leaves++
+		if s.CASerial == active {
+			m.onActive++
+		} else if s.NotAfter.After(m.othersExpireAt) {
+			m.othersExpireAt = s.NotAfter.Time
+		}
+	}
+	return m, nil
+}
+
+func (r *CARotationReconciler) status(st *ca.State, m measured, managed bool) RotationStatus {
+	info := func(c *ca.Authority) CAInfo {
+		return CAInfo{Serial: c.SerialHex(), Subject: c.Cert.Subject.String(), NotAfter: c.Cert.NotAfter.UTC().Format(time.RFC3339)}
+	}
+	s := RotationStatus{
+		Phase: st.Rotation.Phase, Reason: st.Rotation.Reason, Compromised: st.Rotation.Compromised,
+		Active:   info(st.Active),
+		Progress: Progress{BundlesCurrent: m.bundlesCurrent, Bundles: m.bundles, IdentitiesOnActive: m.onActive, Identities: m.leaves},
+	}
+	if st.Next != nil {
+		n := info(st.Next)
+		s.Next = &n
+	}
+	for _, c := range st.Retired {
+		s.Retired = append(s.Retired, CAInfo{Serial: ca.SerialHex(c.SerialNumber), Subject: c.Subject.String(), NotAfter: c.NotAfter.UTC().Format(time.RFC3339)})
+	}
+	if due, ok := ca.NextRotation(st, managed, r.Policy); ok {
+		s.NextRotation = due.UTC().Format(time.RFC3339)
+	}
+	return s
+}
+
+// writeStatus writes agentmesh-ca-status when it changed.
+func (r *CARotationReconciler) writeStatus(ctx context.Context, s RotationStatus) error {
+	raw, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	data := map[string]string{
+		"phase":       string(s.Phase),
+		"active":      fmt.Sprintf("%s (valid until %s)", s.Active.Serial, s.Active.NotAfter),
+		"identities":  fmt.Sprintf("%d of %d on the active CA", s.Progress.IdentitiesOnActive, s.Progress.Identities),
+		"bundles":     fmt.Sprintf("%d of %d current", s.Progress.BundlesCurrent, s.Progress.Bundles),
+		"status.json": string(raw) + "\n",
+	}
+	if s.Next != nil {
+		data["next"] = fmt.Sprintf("%s (valid until %s)", s.Next.Serial, s.Next.NotAfter)
+	}
+	if len(s.Retired) > 0 {
+		var parts []string
+		for _, c := range s.Retired {
+			parts = append(parts, c.Serial)
+		}
+		data["retired"] = strings.Join(parts, ", ")
+	}
+	if s.NextRotation != "" {
+		data["nextRotation"] = s.NextRotation
+	}
+	cm := &corev1.ConfigMap{}
+	key := types.NamespacedName{Namespace: r.Secret.Namespace, Name: CAStatusConfigMapName}
+	err = r.Client.Get(ctx, key, cm)
+	switch {
+	case apierrors.IsNotFound(err):
+		cm = &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name,
+				Labels: map[string]string{mtlsv1alpha1.LabelManagedBy: mtlsv1alpha1.ManagedByValue}},
+			Data: data,
+		}
+		return client.IgnoreAlreadyExists(r.Client.Create(ctx, cm, client.FieldOwner(FieldOwner)))
+	case err != nil:
+		return err
+	case maps.Equal(cm.Data, data):
+		return nil
+	}
+	cm = cm.DeepCopy()
+	cm.Data = data
+	return r.Client.Update(ctx, cm, client.FieldOwner(FieldOwner))
+}
+
+// SetupWithManager runs the rotation on the leader: on every change of the
+// CA Secret, and on a timer (every 2s during a rotation, 15s otherwise).
+func (r *CARotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	key := reconcile.Request{NamespacedName: r.Secret}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("carotation").
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		WatchesRawSource(source.Kind(r.Cache, &corev1.Secret{},
+			handler.TypedEnqueueRequestsFromMapFunc(func(context.Context, *corev1.Secret) []reconcile.Request {
+				return []reconcile.Request{key}
+			}))).
+		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			q.Add(key)
+			return nil
+		})).
+		Complete(r)
+}

@@ -1,0 +1,198 @@
+package controller_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/controller"
+	"github.com/agentmesh/agentmesh/internal/operator"
+	"github.com/agentmesh/agentmesh/test/cluster"
+)
+
+// TestCARotationAtABoundedRate rotates the CA under 1,000 identities on a
+// control plane of its own, with the reissue rate at 100/s: the next CA
+// reaches every bundle before it signs, every identity is reissued under
+// it without ever exceeding the rate, and the old CA then leaves every
+// bundle. The rotation is visible in agentmesh-ca-status and in Events.
+func TestCARotationAtABoundedRate(t *testing.T) {
+	const (
+		n    = 1000
+		rate = 100.0
+	)
+	c, err := cluster.Start(cluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Stop() }()
+	cl, err := client.NewWithWatch(c.Config, client.Options{Scheme: operator.NewScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, ns := range []string{operatorNamespace, "fleet"} {
+		if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	op, err := operator.New(c.Config, operator.Config{
+		TrustDomain: td, CASecret: caSecret, Clock: clock.RealClock{}, MaxConcurrentReconciles: 8,
+		Rotation:    ca.RotationPolicy{Grace: time.Second, Lifetime: 365 * 24 * time.Hour},
+		ReissueRate: rate,
+	}, ctrl.Options{
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- op.Manager.Start(opCtx) }()
+	defer func() { cancel(); <-done }()
+
+	for i := range n {
+		if err := cl.Create(ctx, newIdentity("fleet", fmt.Sprintf("agent-%04d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func() controller.RotationStatus {
+		cm := &corev1.ConfigMap{}
+		var s controller.RotationStatus
+		if err := cl.Get(ctx, types.NamespacedName{Namespace: operatorNamespace, Name: controller.CAStatusConfigMapName}, cm); err == nil {
+			_ = json.Unmarshal([]byte(cm.Data["status.json"]), &s)
+		}
+		return s
+	}
+	eventually(t, 120*time.Second, "1,000 identities on the first CA", func() error {
+		if s := status(); s.Progress.Identities != n || s.Progress.IdentitiesOnActive != n || s.Progress.BundlesCurrent != 2*n {
+			return fmt.Errorf("progress %+v", s.Progress)
+		}
+		return nil
+	})
+	first := status().Active.Serial
+
+	// Watch the Secrets: every change of tls.crt is a reissue.
+	secrets := &corev1.SecretList{}
+	if err := cl.List(ctx, secrets, client.InNamespace("fleet")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := cl.Watch(ctx, &corev1.SecretList{}, client.InNamespace("fleet"), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: secrets.ResourceVersion}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	leaf := map[string]string{}
+	for _, s := range secrets.Items {
+		leaf[s.Name] = string(s.Data["tls.crt"])
+	}
+	var (
+		mu       sync.Mutex
+		reissued []time.Time
+	)
+	go func() {
+		for ev := range w.ResultChan() {
+			s, ok := ev.Object.(*corev1.Secret)
+			if !ok || ev.Type != watch.Modified {
+				continue
+			}
+			mu.Lock()
+			if string(s.Data["tls.crt"]) != leaf[s.Name] {
+				leaf[s.Name] = string(s.Data["tls.crt"])
+				reissued = append(reissued, time.Now())
+			}
+			mu.Unlock()
+		}
+	}()
+
+	// Rotate now.
+	sec := &corev1.Secret{}
+	if err := cl.Get(ctx, caSecret, sec); err != nil {
+		t.Fatal(err)
+	}
+	sec.Annotations[ca.AnnotationRotate] = ca.RotateNow
+	if err := cl.Update(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	var phases []ca.Phase
+	eventually(t, 180*time.Second, "the rotation completes", func() error {
+		s := status()
+		if len(phases) == 0 || phases[len(phases)-1] != s.Phase {
+			phases = append(phases, s.Phase)
+		}
+		if s.Phase != ca.PhaseStable || s.Active.Serial == first || s.Progress.IdentitiesOnActive != n || s.Progress.BundlesCurrent != 2*n {
+			return fmt.Errorf("phase %s, active %s, progress %+v", s.Phase, s.Active.Serial, s.Progress)
+		}
+		return nil
+	})
+	t.Logf("phases seen: %v", phases)
+
+	mu.Lock()
+	times := append([]time.Time(nil), reissued...)
+	mu.Unlock()
+	if len(times) != n {
+		t.Errorf("%d reissues, want %d (one per identity)", len(times), n)
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	worst := 0
+	for i := range times {
+		j := sort.Search(len(times), func(k int) bool { return !times[k].Before(times[i].Add(time.Second)) })
+		worst = max(worst, j-i)
+	}
+	spread := times[len(times)-1].Sub(times[0])
+	t.Logf("%d reissues over %s; at most %d in any second (rate %v/s)", len(times), spread, worst, rate)
+	// The token bucket holds a tenth of a second's worth; the watch adds
+	// jitter of its own, so allow a tenth more.
+	if limit := int(rate*1.1) + int(rate/10); worst > limit {
+		t.Errorf("%d reissues within one second, over the rate of %v/s (limit %d)", worst, rate, limit)
+	}
+	if min := time.Duration(float64(n)/rate*0.8) * time.Second; spread < min {
+		t.Errorf("1,000 reissues took %s, faster than the rate allows (%s)", spread, min)
+	}
+
+	// Every bundle holds the new CA only.
+	st, err := op.CA.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Anchors) != 1 || st.Active.SerialHex() == first {
+		t.Errorf("anchors after the rotation: %d, active %s", len(st.Anchors), st.Active.SerialHex())
+	}
+	list := &corev1.SecretList{}
+	if err := cl.List(ctx, list, client.InNamespace("fleet")); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list.Items {
+		if string(s.Data["ca.crt"]) != string(st.BundlePEM()) {
+			t.Fatalf("Secret %s holds a stale bundle", s.Name)
+		}
+	}
+	for _, reason := range []string{"RotationStarted", "BundlesPropagated", "CAActivated", "CARetired"} {
+		waitEventIn(t, cl.(client.Client), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: operatorNamespace, Name: caSecret.Name}}, "Secret", reason)
+	}
+	id := &mtlsv1alpha1.AgentIdentity{}
+	if err := cl.Get(ctx, types.NamespacedName{Namespace: "fleet", Name: "agent-0500"}, id); err != nil {
+		t.Fatal(err)
+	}
+	if id.Status.CASerial != st.Active.SerialHex() {
+		t.Errorf("agent-0500 is on CA %s, want %s", id.Status.CASerial, st.Active.SerialHex())
+	}
+}
