@@ -37,12 +37,12 @@ const (
 type Phase string
 
 const (
-	// PhaseStable: one CA signs; no other is trusted.
+	// PhaseStable means one CA signs and no other is trusted.
 	PhaseStable Phase = "Stable"
-	// PhasePropagating: the next CA is in every trust bundle being written;
+	// PhasePropagating means the next CA is in every trust bundle being written;
 	// the active CA still signs.
 	PhasePropagating Phase = "Propagating"
-	// PhaseReissuing: the next CA signs; leaves of the previous one are
+	// PhaseReissuing means the next CA signs; leaves of the previous one are
 	// reissued at a bounded rate, and it stays trusted until none is left.
 	PhaseReissuing Phase = "Reissuing"
 )
