@@ -70,6 +70,7 @@ func run(opts *options) error {
 	}, ctrl.Options{
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.probeAddr,
+		PprofBindAddress:        opts.pprofAddr,
 		LeaderElection:          opts.leaderElect,
 		LeaderElectionID:        "agentmesh-manager.mtls.agentmesh.dev",
 		LeaderElectionNamespace: opts.leaderElectionNamespace,
