@@ -75,6 +75,10 @@ verify: manifests generate ## Fail when generated files are stale or code is not
 test: tools build ## Run unit and integration tests against a real kube-apiserver and etcd built from source.
 	go test ./... $(GO_TEST_FLAGS)
 
+.PHONY: test-e2e
+test-e2e: tools ## Run only the end-to-end suite: manager process, webhooks, agents as local Pods doing mTLS through rotations.
+	go test ./test/e2e/ -count=1 -v $(GO_TEST_FLAGS)
+
 ##@ Build
 
 .PHONY: build

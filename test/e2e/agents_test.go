@@ -1,0 +1,443 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/controller"
+	"github.com/agentmesh/agentmesh/test/cluster"
+)
+
+func id(name string) string { return "spiffe://cluster.local/ns/agents/agent/" + name }
+
+func identity(name string) *mtlsv1alpha1.AgentIdentity {
+	return &mtlsv1alpha1.AgentIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: name, Labels: map[string]string{"agentmesh.dev/role": name}},
+		Spec: mtlsv1alpha1.AgentIdentitySpec{
+			ServiceAccountName: name,
+			// Short-lived on purpose: the test lives through leaf rotations.
+			Duration: &metav1.Duration{Duration: time.Minute},
+		},
+	}
+}
+
+func agentPod(name string, args ...string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: name,
+			Labels: map[string]string{mtlsv1alpha1.LabelIdentity: name}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: name,
+			Containers:         []corev1.Container{{Name: "agent", Image: agentImage, Command: append([]string{"agent"}, args...)}},
+		},
+	}
+}
+
+func workerPolicy(allowed ...string) *mtlsv1alpha1.AgentTrustPolicy {
+	return &mtlsv1alpha1.AgentTrustPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: "worker-ingress"},
+		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
+			AgentSelector: mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"agentmesh.dev/role": "worker"}},
+			Ingress: []mtlsv1alpha1.IngressRule{{From: []mtlsv1alpha1.AgentPeer{{IdentitySelector: &mtlsv1alpha1.LabelSelector{
+				MatchExpressions: []mtlsv1alpha1.LabelSelectorRequirement{{Key: "agentmesh.dev/role", Operator: "In", Values: allowed}},
+			}}}}},
+		},
+	}
+}
+
+// TestEndToEnd runs three agents (planner, worker, outsider) as Pods and
+// walks through the whole story in order: mTLS under a policy, a policy
+// change, leaf rotations, other languages, a CA rotation and an emergency
+// rotation. Each phase asserts on what the agents themselves saw.
+func TestEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	for _, name := range []string{"planner", "worker", "outsider"} {
+		if err := k8s.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: name}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := k8s.Create(ctx, identity(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k8s.Create(ctx, workerPolicy("planner")); err != nil {
+		t.Fatal(err)
+	}
+	port, err := cluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("https://127.0.0.1:%d/", port)
+	for _, p := range []*corev1.Pod{
+		agentPod("worker", "--listen", fmt.Sprintf("127.0.0.1:%d", port)),
+		agentPod("planner", "--call", url, "--interval", "200ms"),
+		agentPod("outsider", "--call", url, "--interval", "500ms"),
+	} {
+		if err := k8s.Create(ctx, p); err != nil {
+			t.Fatalf("creating Pod %s: %v", p.Name, err)
+		}
+	}
+	start := time.Now()
+
+	t.Run("planner reaches worker, outsider is refused", func(t *testing.T) {
+		eventually(t, 60*time.Second, "the planner's first successful calls", func() error {
+			ok := 0
+			for _, r := range results(t, "planner") {
+				if r.OK && r.Reply.Server == id("worker") && r.Reply.Client == id("planner") {
+					ok++
+				}
+			}
+			if ok < 10 {
+				return fmt.Errorf("%d successful calls", ok)
+			}
+			return nil
+		})
+		eventually(t, 20*time.Second, "the outsider is refused", func() error {
+			rs := results(t, "outsider")
+			if len(rs) < 5 {
+				return fmt.Errorf("%d calls", len(rs))
+			}
+			for _, r := range rs {
+				if r.OK {
+					return fmt.Errorf("the outsider got through: %+v", r.Reply)
+				}
+			}
+			return nil
+		})
+		// The worker says why, naming both identities and the policy.
+		want := "agentmesh: ingress policy of " + id("worker") + " does not allow " + id("outsider") + " (policies: worker-ingress)"
+		if log := logOf("worker"); !strings.Contains(log, want) {
+			t.Errorf("the worker's log does not contain %q:\n%s", want, tail(log, 2000))
+		}
+	})
+
+	t.Run("a policy change lets the outsider in without restarts", func(t *testing.T) {
+		pids := map[string]int{}
+		for _, name := range []string{"worker", "outsider"} {
+			pids[name] = runner.Processes(name)[0].Cmd.Process.Pid
+		}
+		p := &mtlsv1alpha1.AgentTrustPolicy{}
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: "worker-ingress"}, p); err != nil {
+			t.Fatal(err)
+		}
+		p.Spec = workerPolicy("planner", "outsider").Spec
+		if err := k8s.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		changed := time.Now()
+		var admitted time.Time
+		eventually(t, 15*time.Second, "the outsider gets through", func() error {
+			for _, r := range results(t, "outsider") {
+				if r.OK && r.Time.After(changed) {
+					admitted = r.Time
+					return nil
+				}
+			}
+			return fmt.Errorf("no success since the change")
+		})
+		t.Logf("the outsider got through %s after the policy change", admitted.Sub(changed).Round(time.Millisecond))
+		for name, pid := range pids {
+			procs := runner.Processes(name)
+			if len(procs) != 1 || procs[0].Cmd.Process.Pid != pid {
+				t.Errorf("%s was restarted", name)
+			}
+		}
+	})
+
+	t.Run("leaf rotations fail no request", func(t *testing.T) {
+		// Certificates of one minute are renewed about every 30s: wait for two
+		// renewals of both the worker and the planner.
+		serials := func() (server, client map[string]bool) {
+			server, client = map[string]bool{}, map[string]bool{}
+			for _, r := range results(t, "planner") {
+				if r.OK {
+					server[r.Reply.ServerSerial] = true
+					client[r.Reply.ClientSerial] = true
+				}
+			}
+			return server, client
+		}
+		eventually(t, 150*time.Second, "two rotations of each side", func() error {
+			s, c := serials()
+			if len(s) < 3 || len(c) < 3 {
+				return fmt.Errorf("worker serials seen %d, planner serials seen %d", len(s), len(c))
+			}
+			return nil
+		})
+		s, c := serials()
+		t.Logf("the planner saw %d worker certificates; the worker saw %d planner certificates", len(s), len(c))
+		assertNoFailures(t, "planner", start)
+	})
+
+	t.Run("python and openssl use the same files", func(t *testing.T) {
+		dir := runner.VolumeDir("planner", mtlsv1alpha1.VolumeName)
+		out := run(t, "python3", filepath.Join(repoRoot(t), "test", "e2e", "testdata", "client.py"), url,
+			filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "bundle.pem"))
+		if !strings.Contains(out, "server spiffe ID: "+id("worker")) || !strings.Contains(out, `"client": "`+id("planner")+`"`) {
+			t.Errorf("python client output:\n%s", out)
+		}
+		sclient := exec.Command("openssl", "s_client", "-connect", fmt.Sprintf("127.0.0.1:%d", port), "-tls1_3", "-quiet",
+			"-cert", filepath.Join(dir, "tls.crt"), "-key", filepath.Join(dir, "tls.key"),
+			"-CAfile", filepath.Join(dir, "bundle.pem"), "-verify_return_error")
+		sclient.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+		b, err := sclient.CombinedOutput()
+		if err != nil || !strings.Contains(string(b), `"server":"`+id("worker")+`"`) {
+			t.Errorf("openssl s_client: %v\n%s", err, b)
+		}
+
+		// openssl s_server with the worker's files, called by a Go agent
+		// with the planner's files.
+		wdir := runner.VolumeDir("worker", mtlsv1alpha1.VolumeName)
+		sport, err := cluster.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		server := exec.Command("openssl", "s_server", "-accept", fmt.Sprintf("127.0.0.1:%d", sport), "-www", "-tls1_3",
+			"-cert", filepath.Join(wdir, "tls.crt"), "-key", filepath.Join(wdir, "tls.key"),
+			"-CAfile", filepath.Join(wdir, "bundle.pem"), "-Verify", "1", "-verify_return_error")
+		var serverOut bytes.Buffer
+		server.Stdout, server.Stderr = &serverOut, &serverOut
+		if err := server.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
+		time.Sleep(300 * time.Millisecond)
+		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		call := exec.CommandContext(callCtx, agentBin, "--call", fmt.Sprintf("https://127.0.0.1:%d/", sport), "--interval", "100ms")
+		call.Env = append(os.Environ(),
+			"AGENTMESH_SPIFFE_ID="+id("planner"),
+			"AGENTMESH_CERT_FILE="+filepath.Join(dir, "tls.crt"), "AGENTMESH_KEY_FILE="+filepath.Join(dir, "tls.key"),
+			"AGENTMESH_BUNDLE_FILE="+filepath.Join(dir, "bundle.pem"), "AGENTMESH_POLICY_FILE="+filepath.Join(dir, "policy.json"))
+		stdout, err := call.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := call.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var first Result
+		if err := json.NewDecoder(stdout).Decode(&first); err != nil || !first.OK {
+			t.Errorf("the Go agent calling openssl s_server: %+v (%v)\n%s", first, err, serverOut.String())
+		}
+		cancel()
+		_ = call.Wait()
+	})
+
+	t.Run("the CA rotates under traffic without a failed request", func(t *testing.T) {
+		before := caStatus(t).Active.Serial
+		annotateCA(t, ca.RotateNow)
+		rotated := waitRotation(t, before)
+		t.Logf("rotated from CA %s to %s", before, rotated)
+		// Let the last bundles settle, then check every call since the start.
+		time.Sleep(3 * time.Second)
+		assertNoFailures(t, "planner", start)
+		assertNoFailures(t, "outsider", time.Now().Add(-20*time.Second))
+	})
+
+	t.Run("an emergency rotation stops trusting the compromised CA", func(t *testing.T) {
+		dir := runner.VolumeDir("planner", mtlsv1alpha1.VolumeName)
+		oldCert, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The old leaf is accepted before the rotation.
+		if err := handshake(port, oldCert); err != nil {
+			t.Fatalf("the current leaf is refused before the rotation: %v", err)
+		}
+		compromised := caStatus(t).Active.Serial
+		emergencyStart := time.Now()
+		annotateCA(t, ca.RotateCompromised)
+		rotated := waitRotation(t, compromised)
+		t.Logf("emergency rotation from CA %s to %s took %s", compromised, rotated, time.Since(emergencyStart).Round(time.Second))
+		st := caStatus(t)
+		if st.Reason != "" || len(st.Retired) != 0 {
+			t.Errorf("after the emergency rotation: %+v", st)
+		}
+		eventually(t, 20*time.Second, "the worker refuses a leaf of the compromised CA", func() error {
+			if err := handshake(port, oldCert); err == nil {
+				return fmt.Errorf("the worker still accepts a leaf of the compromised CA")
+			}
+			return nil
+		})
+		failed := failures(t, "planner", emergencyStart)
+		t.Logf("failed planner requests during the emergency rotation: %d", len(failed))
+	})
+
+	t.Run("no private key in the manager's log", func(t *testing.T) {
+		log, err := os.ReadFile(filepath.Join(workDir, "manager.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets := &corev1.SecretList{}
+		if err := k8s.List(ctx, secrets); err != nil {
+			t.Fatal(err)
+		}
+		checked := 0
+		for _, s := range secrets.Items {
+			key := s.Data["tls.key"]
+			if len(key) == 0 {
+				continue
+			}
+			checked++
+			for _, line := range strings.Split(string(key), "\n") {
+				if len(line) >= 40 && !strings.HasPrefix(line, "-----") && bytes.Contains(log, []byte(line[:40])) {
+					t.Errorf("key material of Secret %s/%s is in the manager's log", s.Namespace, s.Name)
+				}
+			}
+			if bytes.Contains(log, []byte(base64.StdEncoding.EncodeToString(key)[:60])) {
+				t.Errorf("the base64 of Secret %s/%s's key is in the manager's log", s.Namespace, s.Name)
+			}
+		}
+		if checked < 4 || bytes.Contains(log, []byte("PRIVATE KEY")) {
+			t.Errorf("checked %d keys; PRIVATE KEY in log: %v", checked, bytes.Contains(log, []byte("PRIVATE KEY")))
+		}
+	})
+}
+
+func failures(t *testing.T, pod string, since time.Time) []Result {
+	var out []Result
+	for _, r := range results(t, pod) {
+		if !r.OK && r.Time.After(since) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func assertNoFailures(t *testing.T, pod string, since time.Time) {
+	t.Helper()
+	rs := results(t, pod)
+	failed := failures(t, pod, since)
+	kept, fresh := 0, 0
+	for _, r := range rs {
+		if r.OK && r.Conn == "kept" {
+			kept++
+		} else if r.OK {
+			fresh++
+		}
+	}
+	t.Logf("%s: %d requests on a kept connection and %d on new connections succeeded, %d failed since %s",
+		pod, kept, fresh, len(failed), since.Format(time.TimeOnly))
+	for i, f := range failed {
+		if i == 5 {
+			break
+		}
+		t.Errorf("%s: failed request at %s on a %s connection: %s", pod, f.Time.Format(time.TimeOnly), f.Conn, f.Error)
+	}
+}
+
+func caStatus(t *testing.T) controller.RotationStatus {
+	t.Helper()
+	cm := &corev1.ConfigMap{}
+	var s controller.RotationStatus
+	if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: operatorNamespace, Name: controller.CAStatusConfigMapName}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(cm.Data["status.json"]), &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func annotateCA(t *testing.T, value string) {
+	t.Helper()
+	eventually(t, 10*time.Second, "annotate the CA Secret", func() error {
+		s := &corev1.Secret{}
+		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: operatorNamespace, Name: "agentmesh-ca"}, s); err != nil {
+			return err
+		}
+		s.Annotations[ca.AnnotationRotate] = value
+		return k8s.Update(context.Background(), s)
+	})
+}
+
+// waitRotation waits for a rotation away from CA from to complete, and
+// checks that every identity is Ready on the new CA.
+func waitRotation(t *testing.T, from string) string {
+	t.Helper()
+	var to string
+	eventually(t, 120*time.Second, "the rotation completes", func() error {
+		s := caStatus(t)
+		if s.Phase != ca.PhaseStable || s.Active.Serial == from || s.Progress.IdentitiesOnActive != s.Progress.Identities ||
+			s.Progress.BundlesCurrent != s.Progress.Bundles || len(s.Retired) != 0 {
+			return fmt.Errorf("%s: %+v", s.Phase, s.Progress)
+		}
+		to = s.Active.Serial
+		return nil
+	})
+	ids := &mtlsv1alpha1.AgentIdentityList{}
+	if err := k8s.List(context.Background(), ids, client.InNamespace(agentsNamespace)); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range ids.Items {
+		if !meta.IsStatusConditionTrue(i.Status.Conditions, mtlsv1alpha1.ConditionReady) || i.Status.CASerial != to {
+			t.Errorf("%s: Ready=%v on CA %s, want %s", i.Name, meta.IsStatusConditionTrue(i.Status.Conditions, mtlsv1alpha1.ConditionReady), i.Status.CASerial, to)
+		}
+	}
+	return to
+}
+
+// handshake connects to the worker with a certificate, as any TLS client
+// would, and reports whether the worker accepted it.
+func handshake(port int, cert tls.Certificate) error {
+	conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{
+		Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, //nolint:gosec // the test checks the server's verdict on the client
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close() }()
+	// In TLS 1.3 the server's verdict on the client certificate arrives
+	// with the first read.
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	_, err = conn.Read(buf)
+	return err
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	r, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
