@@ -34,6 +34,10 @@ imagePullSecrets: [{name: regcred}]
 trustDomain: prod.example
 caSecret: corp-ca
 caLifetime: 2160h
+caRotation:
+  rotateAt: 0.8
+  propagationGrace: 5m
+  reissueRate: 5
 defaultPolicy: deny
 kubeAPIQPS: 50
 kubeAPIBurst: 100
@@ -115,6 +119,9 @@ func TestTemplateDefaults(t *testing.T) {
 		"--trust-domain=cluster.local",
 		"--ca-secret=agentmesh-system/agentmesh-ca",
 		"--ca-lifetime=8760h",
+		"--ca-rotate-at=0.5",
+		"--ca-propagation-grace=2m",
+		"--ca-reissue-rate=20",
 		"--default-policy=allow-authenticated",
 		"--kube-api-qps=200",
 		"--kube-api-burst=400",
@@ -212,6 +219,9 @@ func TestTemplateOtherValues(t *testing.T) {
 		"--trust-domain=prod.example",
 		"--ca-secret=mesh/corp-ca",
 		"--ca-lifetime=2160h",
+		"--ca-rotate-at=0.8",
+		"--ca-propagation-grace=5m",
+		"--ca-reissue-rate=5",
 		"--default-policy=deny",
 		"--kube-api-qps=50",
 		"--kube-api-burst=100",
@@ -419,6 +429,7 @@ func TestValuesSchema(t *testing.T) {
 		"typo in resources":       {"resources: {request: {cpu: 1}}", []string{"at '/resources'", "'request' not allowed"}},
 		"invalid trust domain":    {"trustDomain: Cluster.Local", []string{"at '/trustDomain'", "does not match pattern"}},
 		"invalid duration":        {"caLifetime: 1y", []string{"at '/caLifetime'"}},
+		"rotation share of 1":     {"caRotation: {rotateAt: 1}", []string{"at '/caRotation/rotateAt'"}},
 		"zero QPS":                {"kubeAPIQPS: 0", []string{"at '/kubeAPIQPS'"}},
 		"boolean as string":       {"crds: {keep: \"no\"}", []string{"at '/crds/keep'", "want boolean"}},
 	}
