@@ -14,6 +14,9 @@ GOLANGCI_LINT := $(BIN)/golangci-lint
 KUBECTL := $(BIN)/kubectl
 HELM := $(BIN)/helm
 
+# Extra operator flags for make dev; e.g. make dev MANAGER_ARGS='--default-policy=deny'.
+MANAGER_ARGS ?=
+
 # go test flags; e.g. make test GO_TEST_FLAGS='-run TestAPI -v'.
 GO_TEST_FLAGS ?=
 
@@ -92,7 +95,7 @@ run: ## Run the manager against the cluster in $KUBECONFIG.
 .PHONY: dev
 dev: tools build ## Start a local control plane, install the CRDs, run the operator and apply the samples.
 	go build -o $(BIN)/devcluster ./hack/devcluster
-	$(BIN)/devcluster --manager=$(BIN)/manager
+	$(BIN)/devcluster --manager=$(BIN)/manager --manager-args="$(MANAGER_ARGS)"
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a container runtime).

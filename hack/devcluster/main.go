@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,6 +42,7 @@ func run() error {
 	manager := flag.String("manager", filepath.Join(root, "bin", "manager"), "manager binary to run")
 	devDir := flag.String("dir", filepath.Join(root, "bin", "dev"), "directory for the kubeconfig and the logs")
 	noSamples := flag.Bool("no-samples", false, "do not apply config/samples/")
+	managerArgs := flag.String("manager-args", "", "extra flags for the operator, separated by spaces")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -93,7 +95,7 @@ func run() error {
 		Kubeconfig:  kubeconfig,
 		Output:      os.Stdout,
 		WebhookPort: webhookPort,
-		Args:        []string{"--zap-log-level=info", "--zap-encoder=console"},
+		Args:        append([]string{"--zap-log-level=info", "--zap-encoder=console"}, strings.Fields(*managerArgs)...),
 	})
 	if err != nil {
 		return err
