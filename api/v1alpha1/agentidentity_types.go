@@ -53,6 +53,7 @@ type PrivateKey struct {
 }
 
 // AgentIdentitySpec is the desired identity of one agent.
+// +kubebuilder:validation:XValidation:rule="!(has(self.keyDelivery) && self.keyDelivery == 'PodCertificate' && has(self.privateKey) && self.privateKey.algorithm == 'RSA' && has(self.privateKey.size) && self.privateKey.size == 2048)",message="keyDelivery PodCertificate supports RSA keys of 3072 and 4096 bits only (the kubelet generates the key)",fieldPath=".privateKey.size"
 // +kubebuilder:validation:XValidation:rule="!(has(self.renewBefore) && has(self.renewBeforePercentage))",message="set at most one of renewBefore and renewBeforePercentage",fieldPath=".renewBefore"
 // +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) < duration(has(self.duration) ? self.duration : '24h')",message="renewBefore must be shorter than duration",fieldPath=".renewBefore"
 type AgentIdentitySpec struct {
@@ -88,9 +89,11 @@ type AgentIdentitySpec struct {
 	DNSNames []string `json:"dnsNames,omitempty"`
 
 	// keyDelivery says where the private key comes from: "Secret" (the
-	// default: the operator generates it and stores it in secretName) or
-	// "PodCertificate" (the kubelet generates one key per pod on the node and
-	// agentmesh signs its PodCertificateRequest; no Secret holds the key).
+	// default: the operator generates it and stores it in secretName, and
+	// every replica shares it) or "PodCertificate" (the kubelet generates one
+	// key per pod on the node and agentmesh signs its PodCertificateRequest;
+	// no Secret holds the key; certificates live at least 1h, the API
+	// server's minimum, and RSA keys are 3072 or 4096 bits).
 	// +optional
 	// +kubebuilder:default=Secret
 	KeyDelivery KeyDelivery `json:"keyDelivery,omitempty"`
@@ -193,6 +196,17 @@ type AgentIdentityStatus struct {
 	// (bundle.pem) and effective policy (policy.json): "<name>-trust".
 	// +optional
 	TrustConfigMap string `json:"trustConfigMap,omitempty"`
+
+	// podCertificates is how many unexpired certificates agentmesh issued to
+	// the identity's Pods through PodCertificateRequests (PodCertificate
+	// delivery only).
+	// +optional
+	PodCertificates int32 `json:"podCertificates,omitempty"`
+
+	// nextRefreshTime is the earliest time a Pod of the identity is told to
+	// refresh its certificate (PodCertificate delivery only).
+	// +optional
+	NextRefreshTime *metav1.Time `json:"nextRefreshTime,omitempty"`
 
 	// pods is how many running Pods use the identity: Pods labelled
 	// mtls.agentmesh.dev/identity=<name> in phase Running.

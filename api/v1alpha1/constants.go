@@ -64,6 +64,9 @@ const (
 	// for agentmesh, or does not hold CA certificates; the last good bundle of
 	// that trust domain is kept.
 	ReasonBundleInvalid = "BundleInvalid"
+	// ReasonPodCertificate: the identity is delivered per Pod through
+	// PodCertificateRequests, and its trust ConfigMap is in place.
+	ReasonPodCertificate = "PodCertificate"
 	// ReasonIdentityNotFound (an Event on a Pod): the Pod asks for an
 	// AgentIdentity that does not exist; it waits for the identity's Secret.
 	ReasonIdentityNotFound = "IdentityNotFound"
@@ -108,6 +111,9 @@ const (
 	// AnnotationInjected on a Pod names the SPIFFE ID the injector wired
 	// into it.
 	AnnotationInjected = "mtls.agentmesh.dev/injected"
+	// LabelTrustDomain on a ClusterTrustBundle names the trust domain whose
+	// CAs it holds; pods select it in a clusterTrustBundle projection.
+	LabelTrustDomain = "mtls.agentmesh.dev/trust-domain"
 	// LabelTrustBundle marks a ConfigMap that holds the CA certificates of a
 	// federated trust domain, named in an AgentTrustPolicy's trustBundles:
 	// agentmesh watches only ConfigMaps with mtls.agentmesh.dev/trust-bundle=true.
@@ -146,4 +152,28 @@ const (
 	// DefaultServiceAccountName is the service account of pods that use an
 	// identity whose spec.serviceAccountName is empty.
 	DefaultServiceAccountName = "default"
+)
+
+// Reasons of a Denied or Failed PodCertificateRequest condition.
+const (
+	// PodCertificatePodNotFound: the request names a Pod that does not
+	// exist, or exists with another UID.
+	PodCertificatePodNotFound = "PodNotFound"
+	// PodCertificateNoIdentity: the Pod is not labelled with an
+	// AgentIdentity of its namespace, or the identity does not exist.
+	PodCertificateNoIdentity = "IdentityNotFound"
+	// PodCertificateWrongDelivery: the identity's keyDelivery is not
+	// PodCertificate.
+	PodCertificateWrongDelivery = "NotPodCertificateDelivery"
+	// PodCertificateServiceAccountMismatch: the Pod, the request and the
+	// identity do not agree on the service account (name or UID).
+	PodCertificateServiceAccountMismatch = "ServiceAccountMismatch"
+	// PodCertificateNodeMismatch: the request's node is not the Pod's node
+	// (name or UID).
+	PodCertificateNodeMismatch = "NodeMismatch"
+	// PodCertificateBadRequest: the stub PKCS#10 request does not parse or
+	// does not prove possession of the key.
+	PodCertificateBadRequest = "InvalidStubPKCS10Request"
+	// PodCertificateCANotReady (Failed): the agent CA cannot sign.
+	PodCertificateCANotReady = "CANotReady"
 )

@@ -134,6 +134,10 @@ func (in *AgentIdentityStatus) DeepCopyInto(out *AgentIdentityStatus) {
 		in, out := &in.LastFailureTime, &out.LastFailureTime
 		*out = (*in).DeepCopy()
 	}
+	if in.NextRefreshTime != nil {
+		in, out := &in.NextRefreshTime, &out.NextRefreshTime
+		*out = (*in).DeepCopy()
+	}
 	if in.Policies != nil {
 		in, out := &in.Policies, &out.Policies
 		*out = make([]string, len(*in))

@@ -32,6 +32,7 @@ const (
 // AgentIdentity and the trust domain, defaults applied.
 type Request struct {
 	SPIFFEID     spiffeid.ID
+	KeyDelivery  mtlsv1alpha1.KeyDelivery
 	DNSNames     []string
 	Duration     time.Duration
 	KeyAlgorithm mtlsv1alpha1.PrivateKeyAlgorithm
@@ -59,7 +60,10 @@ func NewRequest(td spiffeid.TrustDomain, id *mtlsv1alpha1.AgentIdentity) (Reques
 		return Request{}, fmt.Errorf("metadata.name: cannot form a SPIFFE ID: %w", err)
 	}
 	s := id.Spec
-	r := Request{SPIFFEID: sid, Duration: DefaultDuration, KeyAlgorithm: mtlsv1alpha1.ECDSAKeyAlgorithm}
+	r := Request{SPIFFEID: sid, Duration: DefaultDuration, KeyAlgorithm: mtlsv1alpha1.ECDSAKeyAlgorithm, KeyDelivery: s.KeyDelivery}
+	if r.KeyDelivery == "" {
+		r.KeyDelivery = mtlsv1alpha1.KeyDeliverySecret
+	}
 	if s.Duration != nil {
 		r.Duration = s.Duration.Duration
 	}
@@ -70,6 +74,10 @@ func NewRequest(td spiffeid.TrustDomain, id *mtlsv1alpha1.AgentIdentity) (Reques
 		r.KeySize = int(s.PrivateKey.Size)
 	}
 	r.KeySize = defaultKeySize(r.KeyAlgorithm, r.KeySize)
+	if r.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate && r.KeyAlgorithm == mtlsv1alpha1.RSAKeyAlgorithm && r.KeySize == 2048 {
+		// The kubelet generates no RSA key under 3072 bits.
+		r.KeySize = 3072
+	}
 	r.DNSNames = slices.Clone(s.DNSNames)
 	slices.Sort(r.DNSNames)
 	r.DNSNames = slices.Compact(r.DNSNames)
@@ -183,6 +191,9 @@ func Validate(id *mtlsv1alpha1.AgentIdentity) field.ErrorList {
 		case mtlsv1alpha1.RSAKeyAlgorithm:
 			if k.Size != 0 && k.Size != 2048 && k.Size != 3072 && k.Size != 4096 {
 				errs = append(errs, field.Invalid(kp.Child("size"), k.Size, "size must be 2048, 3072 or 4096 for RSA"))
+			}
+			if k.Size == 2048 && s.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
+				errs = append(errs, field.Invalid(kp.Child("size"), k.Size, "keyDelivery PodCertificate supports RSA keys of 3072 and 4096 bits only"))
 			}
 		case mtlsv1alpha1.Ed25519KeyAlgorithm:
 			if k.Size != 0 {
