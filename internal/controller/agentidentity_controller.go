@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -162,6 +163,39 @@ func (r *AgentIdentityReconciler) reconcilePhases(ctx context.Context, s *identi
 	return result, err
 }
 
+// podCertificates keeps an identity in PodCertificate delivery: no Secret
+// (one left from Secret delivery is deleted), and the status counts the
+// Pods that hold a current certificate and the next refresh.
+func (r *AgentIdentityReconciler) podCertificates(ctx context.Context, s *identityScope) error {
+	if old := s.original.Status.SecretName; old != "" {
+		sec := &corev1.Secret{}
+		err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: old}, sec)
+		if err == nil && ownedBy(sec, s.id) {
+			if err := r.Client.Delete(ctx, sec, client.Preconditions{UID: &sec.UID}); client.IgnoreNotFound(err) != nil {
+				return fmt.Errorf("deleting Secret %s, unused in PodCertificate delivery: %w", old, err)
+			}
+			s.log.Info("deleted the Secret of Secret delivery", "secret", old)
+		} else if client.IgnoreNotFound(err) != nil {
+			return err
+		}
+	}
+	count, next, err := CountPodCertificates(ctx, r.Client, s.id, s.now)
+	if err != nil {
+		return err
+	}
+	st := &s.id.Status
+	st.SecretName, st.SerialNumber, st.CASerial = "", "", ""
+	st.NotBefore, st.NotAfter, st.RenewalTime, st.LastFailureTime = nil, nil, nil, nil
+	st.FailedIssuanceAttempts = 0
+	st.ObservedGeneration = s.id.Generation
+	st.PodCertificates, st.NextRefreshTime = count, next
+	s.setCondition(mtlsv1alpha1.ConditionReady, metav1.ConditionTrue, mtlsv1alpha1.ReasonPodCertificate,
+		"each Pod gets its own key and certificate from the signer "+mtlsv1alpha1.PodCertificateSignerName)
+	s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionFalse, mtlsv1alpha1.ReasonPodCertificate,
+		"the kubelet requests and refreshes each Pod's certificate")
+	return nil
+}
+
 // countPods records how many running Pods use the identity.
 func (r *AgentIdentityReconciler) countPods(ctx context.Context, s *identityScope) error {
 	pods := &corev1.PodList{}
@@ -186,12 +220,11 @@ func (r *AgentIdentityReconciler) reconcileCertificate(ctx context.Context, s *i
 		return ctrl.Result{}, reconcile.TerminalError(err)
 	}
 	ctx = logf.IntoContext(ctx, s.log)
-	if s.id.Spec.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
-		s.notReady(mtlsv1alpha1.ReasonInvalidSpec, "keyDelivery PodCertificate is not served by this version of the operator")
-		return ctrl.Result{}, nil
-	}
 	if !r.loadCA(s) {
 		return ctrl.Result{}, nil
+	}
+	if s.id.Spec.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
+		return ctrl.Result{}, r.podCertificates(ctx, s)
 	}
 	if wait := r.backoffRemaining(s); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
@@ -555,7 +588,8 @@ func (r *AgentIdentityReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&mtlsv1alpha1.AgentIdentity{}, handler.EnqueueRequestsFromMapFunc(dependentsOfIdentity(c)), builder.WithPredicates(labelsChanged)).
 		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(dependentsOfNamespace(c)), builder.WithPredicates(labelsChanged)).
-		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(identityOfPod), builder.WithPredicates(podPhaseChanged))
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(identityOfPod), builder.WithPredicates(podPhaseChanged)).
+		Watches(&certv1.PodCertificateRequest{}, handler.EnqueueRequestsFromMapFunc(identityOfPodCertificateRequest(c)))
 	if r.BundleCache != nil {
 		b = b.WatchesRawSource(source.Kind(r.BundleCache, &corev1.ConfigMap{}, handler.TypedEnqueueRequestsFromMapFunc(dependentsOfBundle(c))))
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -195,6 +196,34 @@ func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now ti
 		m.bundles++
 		if cms.Items[i].Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == hash {
 			m.bundlesCurrent++
+		}
+	}
+	ctb := &certv1.ClusterTrustBundle{}
+	switch err := r.Client.Get(ctx, types.NamespacedName{Name: ClusterTrustBundleName(r.TrustDomain)}, ctb); {
+	case err == nil:
+		m.bundles++
+		if ctb.Spec.TrustBundle == string(bundle) {
+			m.bundlesCurrent++
+		}
+	case !apierrors.IsNotFound(err):
+		return m, err
+	}
+	// Certificates of PodCertificate delivery cannot be reissued on demand:
+	// they count until the kubelet refreshes them or they expire.
+	pcs, err := CurrentPodCertificates(ctx, r.Client, "", now)
+	if err != nil {
+		return m, err
+	}
+	for _, pc := range pcs {
+		leaf, err := leafOf(pc.Request)
+		if err != nil {
+			continue
+		}
+		m.leaves++
+		if st.SignedByActive(leaf) {
+			m.onActive++
+		} else if leaf.NotAfter.After(m.othersExpireAt) {
+			m.othersExpireAt = leaf.NotAfter
 		}
 	}
 	ids := &mtlsv1alpha1.AgentIdentityList{}

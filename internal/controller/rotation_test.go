@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -219,6 +220,16 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 	for _, reason := range []string{"RotationStarted", "BundlesPropagated", "CAActivated", "CARetired"} {
 		waitEventIn(t, cl.(client.Client), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: operatorNamespace, Name: caSecret.Name}}, "Secret", reason)
 	}
+	ctb := &certv1.ClusterTrustBundle{}
+	eventually(t, 10*time.Second, "the ClusterTrustBundle follows the rotation", func() error {
+		if err := cl.Get(ctx, types.NamespacedName{Name: controller.ClusterTrustBundleName(td)}, ctb); err != nil {
+			return err
+		}
+		if ctb.Spec.TrustBundle != string(st.BundlePEM()) {
+			return fmt.Errorf("stale ClusterTrustBundle")
+		}
+		return nil
+	})
 	id := &mtlsv1alpha1.AgentIdentity{}
 	if err := cl.Get(ctx, types.NamespacedName{Namespace: "fleet", Name: "agent-0500"}, id); err != nil {
 		t.Fatal(err)

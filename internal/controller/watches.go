@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 
+	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
@@ -188,4 +189,20 @@ var podPhaseChanged = predicate.Funcs{
 		return !ok1 || !ok2 || o.Status.Phase != n.Status.Phase || o.DeletionTimestamp.IsZero() != n.DeletionTimestamp.IsZero() ||
 			o.Labels[mtlsv1alpha1.LabelIdentity] != n.Labels[mtlsv1alpha1.LabelIdentity]
 	},
+}
+
+// identityOfPodCertificateRequest queues the identity of the Pod a
+// PodCertificateRequest is for.
+func identityOfPodCertificateRequest(c client.Reader) func(context.Context, client.Object) []reconcile.Request {
+	return func(ctx context.Context, obj client.Object) []reconcile.Request {
+		pcr, ok := obj.(*certv1.PodCertificateRequest)
+		if !ok {
+			return nil
+		}
+		pod := &corev1.Pod{}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: pcr.Namespace, Name: pcr.Spec.PodName}, pod); err != nil {
+			return nil
+		}
+		return identityOfPod(ctx, pod)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -140,6 +141,10 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 			&corev1.ConfigMap{}: {Label: ManagedSelector()},
 			// Only Pods that opt in, and only the fields the operator reads.
 			&corev1.Pod{}: {Label: OptedInSelector(), Transform: slimPod},
+			// Only the PodCertificateRequests addressed to agentmesh's signer.
+			&certv1.PodCertificateRequest{}: {Field: fields.OneTermEqualSelector("spec.signerName", mtlsv1alpha1.PodCertificateSignerName)},
+			// Only the ClusterTrustBundles agentmesh writes.
+			&certv1.ClusterTrustBundle{}: {Label: ManagedSelector()},
 		},
 	}
 	var certs *webhookcert.Manager
@@ -267,6 +272,17 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		return nil, fmt.Errorf("setting up the AgentTrustPolicy controller: %w", err)
 	}
 
+	if err := (&controller.PodCertificateSigner{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Clock: cfg.Clock, CA: holder,
+		TrustDomain: cfg.TrustDomain, Metrics: metrics, MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the PodCertificateRequest signer: %w", err)
+	}
+	if err := (&controller.ClusterTrustBundleReconciler{
+		Client: mgr.GetClient(), CA: holder, TrustDomain: cfg.TrustDomain,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the ClusterTrustBundle controller: %w", err)
+	}
 	if err := (&controller.PodReconciler{
 		Client: mgr.GetClient(), Recorder: rec, OperatorNamespace: cfg.CASecret.Namespace,
 	}).SetupWithManager(mgr); err != nil {

@@ -26,10 +26,39 @@ type Target struct {
 	// ServiceAccountName is the service account the Pod must run as; empty
 	// when it is not known (the identity does not exist yet).
 	ServiceAccountName string
+	// PodCertificate, when set, delivers the key and certificate per Pod
+	// (keyDelivery PodCertificate): the kubelet generates the key and asks
+	// agentmesh's signer for the certificate, and no Secret is mounted.
+	PodCertificate *PodCertificateTarget
+}
+
+// PodCertificateTarget is the podCertificate projection of an identity.
+type PodCertificateTarget struct {
+	// KeyType is the kubelet key type (ECDSAP256, ED25519, RSA3072, ...).
+	KeyType string
+	// MaxExpirationSeconds is the identity's certificate lifetime.
+	MaxExpirationSeconds int32
 }
 
 // Volume is the projected volume that carries the identity's files.
 func (t Target) Volume() corev1.Volume {
+	creds := corev1.VolumeProjection{Secret: &corev1.SecretProjection{
+		LocalObjectReference: corev1.LocalObjectReference{Name: t.SecretName},
+		Items: []corev1.KeyToPath{
+			{Key: "tls.crt", Path: mtlsv1alpha1.FileCert},
+			{Key: "tls.key", Path: mtlsv1alpha1.FileKey},
+		},
+	}}
+	if pc := t.PodCertificate; pc != nil {
+		// The same file names as the Secret: agents read one layout.
+		creds = corev1.VolumeProjection{PodCertificate: &corev1.PodCertificateProjection{
+			SignerName:           mtlsv1alpha1.PodCertificateSignerName,
+			KeyType:              pc.KeyType,
+			MaxExpirationSeconds: ptr.To(pc.MaxExpirationSeconds),
+			KeyPath:              mtlsv1alpha1.FileKey,
+			CertificateChainPath: mtlsv1alpha1.FileCert,
+		}}
+	}
 	return corev1.Volume{
 		Name: mtlsv1alpha1.VolumeName,
 		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
@@ -37,13 +66,7 @@ func (t Target) Volume() corev1.Volume {
 			// stores compares equal on a second invocation.
 			DefaultMode: ptr.To[int32](0o644),
 			Sources: []corev1.VolumeProjection{
-				{Secret: &corev1.SecretProjection{
-					LocalObjectReference: corev1.LocalObjectReference{Name: t.SecretName},
-					Items: []corev1.KeyToPath{
-						{Key: "tls.crt", Path: mtlsv1alpha1.FileCert},
-						{Key: "tls.key", Path: mtlsv1alpha1.FileKey},
-					},
-				}},
+				creds,
 				{ConfigMap: &corev1.ConfigMapProjection{
 					LocalObjectReference: corev1.LocalObjectReference{Name: t.TrustConfigMapName},
 					Items: []corev1.KeyToPath{
@@ -89,6 +112,10 @@ func sameVolume(a, b corev1.Volume) bool {
 			}
 		case sa.ConfigMap != nil && sb.ConfigMap != nil:
 			if sa.ConfigMap.Name != sb.ConfigMap.Name || !equality.Semantic.DeepEqual(sa.ConfigMap.Items, sb.ConfigMap.Items) {
+				return false
+			}
+		case sa.PodCertificate != nil && sb.PodCertificate != nil:
+			if !equality.Semantic.DeepEqual(sa.PodCertificate, sb.PodCertificate) {
 				return false
 			}
 		default:

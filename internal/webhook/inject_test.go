@@ -183,3 +183,51 @@ func TestInjectIsIdempotent(t *testing.T) {
 func podsEqual(a, b *corev1.Pod) bool {
 	return a.String() == b.String()
 }
+
+func TestInjectPodCertificate(t *testing.T) {
+	tg := target
+	tg.SecretName = ""
+	tg.PodCertificate = &PodCertificateTarget{KeyType: "ECDSAP256", MaxExpirationSeconds: 86400}
+	p := podWith()
+	changed, err := Inject(p, tg)
+	if err != nil || !changed {
+		t.Fatalf("changed=%v err=%v", changed, err)
+	}
+	src := p.Spec.Volumes[0].Projected.Sources
+	if len(src) != 2 || src[0].Secret != nil || src[0].PodCertificate == nil || src[1].ConfigMap == nil {
+		t.Fatalf("sources %+v", src)
+	}
+	pc := src[0].PodCertificate
+	if pc.SignerName != "agentmesh.dev/agent-identity" || pc.KeyType != "ECDSAP256" || *pc.MaxExpirationSeconds != 86400 ||
+		pc.KeyPath != "tls.key" || pc.CertificateChainPath != "tls.crt" || pc.CredentialBundlePath != "" {
+		t.Errorf("podCertificate projection %+v", pc)
+	}
+	// The same files and variables as with a Secret.
+	assertEnvAndMounts(t, p)
+	if changed, err := Inject(p, tg); err != nil || changed {
+		t.Errorf("second invocation: changed=%v err=%v", changed, err)
+	}
+	// A Secret-mode volume left from before is a conflict, not silently kept.
+	secretPod := podWith()
+	if _, err := Inject(secretPod, target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Inject(secretPod, tg); err == nil || !strings.Contains(err.Error(), `volume "agentmesh-identity" already exists`) {
+		t.Errorf("switching delivery on an injected Pod: %v", err)
+	}
+}
+
+func assertEnvAndMounts(t *testing.T, p *corev1.Pod) {
+	t.Helper()
+	for _, c := range p.Spec.Containers {
+		found := 0
+		for _, e := range c.Env {
+			if strings.HasPrefix(e.Name, "AGENTMESH_") {
+				found++
+			}
+		}
+		if found != 5 || len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/var/run/agentmesh" {
+			t.Errorf("container %s: %d variables, mounts %+v", c.Name, found, c.VolumeMounts)
+		}
+	}
+}

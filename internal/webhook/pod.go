@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/identity"
 )
 
 // PodInjectorPath is where the Pod injector is served.
@@ -79,6 +80,17 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 	default:
 		t.SecretName = id.EffectiveSecretName()
 		t.ServiceAccountName = id.EffectiveServiceAccountName()
+		if id.Spec.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
+			req, err := identity.NewRequest(h.TrustDomain, id)
+			if err != nil {
+				return admission.Denied(fmt.Sprintf("AgentIdentity %s/%s cannot be used: %v", ns, name, err))
+			}
+			t.SecretName = ""
+			t.PodCertificate = &PodCertificateTarget{
+				KeyType:              identity.PodCertificateKeyType(req),
+				MaxExpirationSeconds: identity.PodCertificateMaxExpirationSeconds(req),
+			}
+		}
 	}
 
 	changed, err := Inject(pod, t)
