@@ -280,6 +280,85 @@ func TestEndToEnd(t *testing.T) {
 		t.Logf("failed planner requests during the emergency rotation: %d", len(failed))
 	})
 
+	t.Run("per-pod keys in PodCertificate mode", func(t *testing.T) {
+		// After the CA rotations: a rotation waits for Pod certificates to be
+		// refreshed by the kubelet (or to expire), at least an hour here.
+		for _, name := range []string{"edge-server", "edge-client"} {
+			if err := k8s.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: name}}); err != nil {
+				t.Fatal(err)
+			}
+			pc := identity(name)
+			pc.Spec.KeyDelivery = mtlsv1alpha1.KeyDeliveryPodCertificate
+			pc.Spec.Duration = &metav1.Duration{Duration: time.Hour}
+			if err := k8s.Create(ctx, pc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pol := workerPolicy("edge-client")
+		pol.Name = "edge-server-ingress"
+		pol.Spec.AgentSelector.MatchLabels = map[string]string{"agentmesh.dev/role": "edge-server"}
+		if err := k8s.Create(ctx, pol); err != nil {
+			t.Fatal(err)
+		}
+		eport, err := cluster.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		eurl := fmt.Sprintf("https://127.0.0.1:%d/", eport)
+		server := agentPod("edge-server", "--listen", fmt.Sprintf("127.0.0.1:%d", eport))
+		clients := []*corev1.Pod{agentPod("edge-client", "--call", eurl, "--interval", "300ms"), agentPod("edge-client", "--call", eurl, "--interval", "300ms")}
+		for i, c := range clients {
+			c.Name = fmt.Sprintf("edge-client-%d", i)
+		}
+		for _, p := range append([]*corev1.Pod{server}, clients...) {
+			if err := k8s.Create(ctx, p); err != nil {
+				t.Fatalf("creating Pod %s: %v", p.Name, err)
+			}
+		}
+		got := &corev1.Pod{}
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(server), got); err != nil {
+			t.Fatal(err)
+		}
+		if src := got.Spec.Volumes[0].Projected.Sources[0].PodCertificate; src == nil || src.SignerName != mtlsv1alpha1.PodCertificateSignerName || src.KeyType != "ECDSAP256" {
+			t.Fatalf("the Pod was not injected with a podCertificate projection: %+v", got.Spec.Volumes)
+		}
+		serials := map[string]string{}
+		for _, c := range clients {
+			eventually(t, 60*time.Second, c.Name+" reaches edge-server", func() error {
+				for _, r := range results(t, c.Name) {
+					if r.OK && r.Reply.Server == id("edge-server") && r.Reply.Client == id("edge-client") {
+						serials[c.Name] = r.Reply.ClientSerial
+						return nil
+					}
+				}
+				return fmt.Errorf("no successful call")
+			})
+		}
+		if serials["edge-client-0"] == serials["edge-client-1"] {
+			t.Error("the two replicas presented the same certificate")
+		}
+		key0, err0 := os.ReadFile(filepath.Join(runner.VolumeDir("edge-client-0", mtlsv1alpha1.VolumeName), "tls.key"))
+		key1, err1 := os.ReadFile(filepath.Join(runner.VolumeDir("edge-client-1", mtlsv1alpha1.VolumeName), "tls.key"))
+		if err0 != nil || err1 != nil || bytes.Equal(key0, key1) {
+			t.Errorf("the replicas' keys: %v %v, equal %v", err0, err1, bytes.Equal(key0, key1))
+		}
+		for _, name := range []string{"edge-client-tls", "edge-server-tls"} {
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: name}, &corev1.Secret{}); err == nil {
+				t.Errorf("Secret %s exists in PodCertificate mode", name)
+			}
+		}
+		eventually(t, 20*time.Second, "edge-client counts its Pod certificates", func() error {
+			i := &mtlsv1alpha1.AgentIdentity{}
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: "edge-client"}, i); err != nil {
+				return err
+			}
+			if i.Status.PodCertificates != 2 || !meta.IsStatusConditionTrue(i.Status.Conditions, mtlsv1alpha1.ConditionReady) {
+				return fmt.Errorf("podCertificates %d", i.Status.PodCertificates)
+			}
+			return nil
+		})
+	})
+
 	t.Run("no private key in the manager's log", func(t *testing.T) {
 		log, err := os.ReadFile(filepath.Join(workDir, "manager.log"))
 		if err != nil {

@@ -409,7 +409,9 @@ func rbacTable(ns, config string) []permission {
 		adm  = "admissionregistration.k8s.io"
 		coor = "coordination.k8s.io"
 		rbac = "rbac.authorization.k8s.io"
+		cert = "certificates.k8s.io"
 	)
+	signer := mtlsv1alpha1.PodCertificateSignerName
 	return []permission{
 		// Identity Secrets and trust ConfigMaps in the agents' namespaces,
 		// watched cluster-wide through label-scoped informers.
@@ -436,6 +438,15 @@ func rbacTable(ns, config string) []permission {
 		{"get", coor, "leases", "", ns, leaseName, true},
 		{"update", coor, "leases", "", ns, leaseName, true},
 		{"create", core, "events", "", ns, "", true},
+		// The PodCertificateRequest signer: decide requests, check the node
+		// and service account they name, publish the trust bundle.
+		{"watch", cert, "podcertificaterequests", "", "", "", true},
+		{"update", cert, "podcertificaterequests", "status", "agents", "worker-0-abcde", true},
+		{"sign", cert, "signers", "", "", signer, true},
+		{"attest", cert, "signers", "", "", signer, true},
+		{"create", cert, "clustertrustbundles", "", "", "", true},
+		{"get", core, "nodes", "", "", "node-1", true},
+		{"get", core, "serviceaccounts", "", "agents", "worker", true},
 		// Secure metrics.
 		{"create", "authentication.k8s.io", "tokenreviews", "", "", "", true},
 		{"create", "authorization.k8s.io", "subjectaccessreviews", "", "", "", true},
@@ -463,7 +474,14 @@ func rbacTable(ns, config string) []permission {
 		{"delete", mtls, "agentidentities", "", "agents", "worker", false},
 		{"update", mtls, "agenttrustpolicies", "", "agents", "worker-ingress", false},
 		{"update", core, "namespaces", "", "", "agents", false},
-		{"get", core, "nodes", "", "", "", false},
+		{"list", core, "nodes", "", "", "", false},
+		{"update", core, "nodes", "", "", "node-1", false},
+		{"list", core, "serviceaccounts", "", "", "", false},
+		// Other signers, and the requests themselves.
+		{"sign", cert, "signers", "", "", "kubernetes.io/kube-apiserver-client-pod", false},
+		{"attest", cert, "signers", "", "", "example.com/other", false},
+		{"create", cert, "podcertificaterequests", "", "agents", "", false},
+		{"delete", cert, "clustertrustbundles", "", "", "", false},
 		// Leases and core Events anywhere but its own.
 		{"update", coor, "leases", "", "agents", leaseName, false},
 		{"update", coor, "leases", "", "kube-system", "kube-controller-manager", false},

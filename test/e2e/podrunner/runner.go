@@ -7,6 +7,13 @@
 // each container's command as a local process with the Pod's environment,
 // and marks the Pod Running.
 //
+// For a podCertificate projection it does what the kubelet does: it
+// binds the Pod to its node, generates a key of the projection's type,
+// sends a PodCertificateRequest with the Pod's, service account's and
+// node's names and UIDs and a stub PKCS#10 request signed by the key, writes
+// the key and the issued chain at the projection's paths, and starts over
+// with a new key at the signer's beginRefreshAt.
+//
 // The one liberty it takes: a process cannot mount a volume at its mount
 // path, so environment values and arguments that start with a mount path
 // are rewritten to the directory that holds the volume.
@@ -48,6 +55,7 @@ type Runner struct {
 	pods    map[string]*pod // by UID
 	secrets cache.Store
 	cms     cache.Store
+	node    *corev1.Node
 }
 
 type pod struct {
@@ -64,6 +72,9 @@ type volume struct {
 	writer  *agenttlstest.AtomicWriter
 	sources []corev1.VolumeProjection
 	written bool
+	// creds holds, per podCertificate source, the key and certificate the
+	// signer issued and the request under way.
+	creds map[int]*credential
 }
 
 // Process is one container running as a local process.
@@ -81,6 +92,11 @@ func (p *Process) Done() <-chan struct{} { return p.done }
 // Run watches until ctx ends, then stops every process it started.
 func (r *Runner) Run(ctx context.Context) error {
 	r.pods = map[string]*pod{}
+	node, err := r.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "podrunner-"}}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("podrunner: registering the node: %w", err)
+	}
+	r.node = node
 	f := informers.NewSharedInformerFactoryWithOptions(r.Client, 0, informers.WithNamespace(r.Namespace))
 	podInf := f.Core().V1().Pods().Informer()
 	secInf := f.Core().V1().Secrets().Informer()
@@ -153,6 +169,17 @@ func (r *Runner) syncAll(ctx context.Context) {
 		if !kp.DeletionTimestamp.IsZero() {
 			continue
 		}
+		if kp.Spec.NodeName == "" {
+			// Play the scheduler too: bind the Pod to this node.
+			_ = r.Client.CoreV1().Pods(r.Namespace).Bind(ctx, &corev1.Binding{
+				ObjectMeta: metav1.ObjectMeta{Name: kp.Name, Namespace: kp.Namespace},
+				Target:     corev1.ObjectReference{Kind: "Node", Name: r.node.Name},
+			}, metav1.CreateOptions{})
+			continue
+		}
+		if kp.Spec.NodeName != r.node.Name {
+			continue
+		}
 		p, ok := r.pods[string(kp.UID)]
 		if !ok {
 			var err error
@@ -161,8 +188,8 @@ func (r *Runner) syncAll(ctx context.Context) {
 			}
 			r.pods[string(kp.UID)] = p
 		}
-		if !r.writeVolumes(p) {
-			continue // a Secret or ConfigMap is missing: wait, as the kubelet does
+		if !r.writeVolumes(ctx, p, kp) {
+			continue // a Secret, ConfigMap or certificate is missing: wait, as the kubelet does
 		}
 		if !p.running {
 			if err := r.start(ctx, p, kp); err != nil {
@@ -186,7 +213,7 @@ func (r *Runner) newPod(kp *corev1.Pod) (*pod, error) {
 		if err != nil {
 			return nil, err
 		}
-		p.volumes = append(p.volumes, &volume{name: v.Name, writer: w, sources: v.Projected.Sources})
+		p.volumes = append(p.volumes, &volume{name: v.Name, writer: w, sources: v.Projected.Sources, creds: map[int]*credential{}})
 	}
 	return p, nil
 }
@@ -194,13 +221,32 @@ func (r *Runner) newPod(kp *corev1.Pod) (*pod, error) {
 // writeVolumes writes every projected volume from the current Secrets and
 // ConfigMaps; the writer leaves a volume whose content did not change
 // alone. It reports whether every source exists.
-func (r *Runner) writeVolumes(p *pod) bool {
+func (r *Runner) writeVolumes(ctx context.Context, p *pod, kp *corev1.Pod) bool {
 	for _, v := range p.volumes {
 		payload := map[string][]byte{}
-		for _, src := range v.sources {
+		for i, src := range v.sources {
 			var data map[string][]byte
 			var items []corev1.KeyToPath
 			switch {
+			case src.PodCertificate != nil:
+				c := v.creds[i]
+				if c == nil {
+					c = &credential{}
+					v.creds[i] = c
+				}
+				if !r.podCertificate(ctx, kp, src.PodCertificate, c) {
+					return false
+				}
+				if path := src.PodCertificate.CredentialBundlePath; path != "" {
+					payload[path] = append(append([]byte{}, c.keyPEM...), c.chainPEM...)
+				}
+				if path := src.PodCertificate.KeyPath; path != "" {
+					payload[path] = c.keyPEM
+				}
+				if path := src.PodCertificate.CertificateChainPath; path != "" {
+					payload[path] = c.chainPEM
+				}
+				continue
 			case src.Secret != nil:
 				obj, ok, _ := r.secrets.GetByKey(r.Namespace + "/" + src.Secret.Name)
 				if !ok {
