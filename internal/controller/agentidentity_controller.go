@@ -635,11 +635,13 @@ func (s *identityScope) notReady(reason, msg string) {
 // skipStatus leaves the status as it is for this pass.
 func (s *identityScope) skipStatus() { s.original = nil }
 
-// keepReadyIfValid keeps Ready=True while a renewal is pending or failing
-// and the certificate in place is still valid for the current spec; any
-// other reason to reissue means there is no usable certificate.
+// keepReadyIfValid keeps Ready=True while a renewal or a reissue under a
+// rotated CA is pending or failing and the certificate in place is still
+// valid (and trusted) for the current spec; any other reason to reissue
+// means there is no usable certificate.
 func (s *identityScope) keepReadyIfValid(d identity.Decision) {
-	if d.Reason == mtlsv1alpha1.ReasonRenewing && s.id.Status.NotAfter != nil && s.now.Before(s.id.Status.NotAfter.Time) &&
+	if (d.Reason == mtlsv1alpha1.ReasonRenewing || d.Reason == mtlsv1alpha1.ReasonCARotated) &&
+		s.id.Status.NotAfter != nil && s.now.Before(s.id.Status.NotAfter.Time) &&
 		meta.IsStatusConditionTrue(s.id.Status.Conditions, mtlsv1alpha1.ConditionReady) {
 		return
 	}

@@ -193,6 +193,7 @@ func TestRenewalByClock(t *testing.T) {
 	first := parseSecret(t, getSecret(t, ns, "renewer-tls"))
 
 	// One second short of the renewal time nothing happens...
+	t.Cleanup(clk.Reset)
 	r := reconciler()
 	clk.SetTime(before.Status.RenewalTime.Add(-time.Second))
 	if res, err := r.Reconcile(context.Background(), req(nn)); err != nil || res.RequeueAfter <= 0 || res.RequeueAfter > time.Second {
@@ -388,6 +389,7 @@ func TestBackoffGrowsOnRepeatedCAFailure(t *testing.T) {
 	nn := client.ObjectKeyFromObject(id)
 
 	// A CA whose signing key fails every signature (as a broken HSM would).
+	t.Cleanup(clk.Reset)
 	st := brokenCA(t)
 	r := reconciler()
 	r.CA = &ca.Holder{}

@@ -88,7 +88,9 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 		return s
 	}
 	eventually(t, 120*time.Second, "1,000 identities on the first CA", func() error {
-		if s := status(); s.Progress.Identities != n || s.Progress.IdentitiesOnActive != n || s.Progress.BundlesCurrent != 2*n {
+		// Two bundles per identity (Secret and trust ConfigMap) and the
+		// ClusterTrustBundle.
+		if s := status(); s.Progress.Identities != n || s.Progress.IdentitiesOnActive != n || s.Progress.BundlesCurrent != 2*n+1 {
 			return fmt.Errorf("progress %+v", s.Progress)
 		}
 		return nil
@@ -144,7 +146,7 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 			phases = append(phases, s.Phase)
 		}
 		if s.Phase != ca.PhaseStable || s.Active.Serial == first || s.Progress.IdentitiesOnActive != n ||
-			s.Progress.BundlesCurrent != 2*n || s.Progress.Bundles != 2*n {
+			s.Progress.BundlesCurrent != 2*n+1 || s.Progress.Bundles != 2*n+1 {
 			return fmt.Errorf("phase %s, active %s, progress %+v", s.Phase, s.Active.Serial, s.Progress)
 		}
 		return nil

@@ -173,6 +173,15 @@ func (c *testClock) SetTime(t time.Time) {
 	c.offset = time.Until(t)
 }
 
+// Reset puts the clock back on real time. Tests that move the clock reset
+// it when they end: the API server checks some times against its own
+// clock (a PodCertificateRequest's notBefore must be within 5 minutes).
+func (c *testClock) Reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset = 0
+}
+
 // Step moves the clock forward by d.
 func (c *testClock) Step(d time.Duration) {
 	c.mu.Lock()
