@@ -338,22 +338,32 @@ func servedCertificate(t *testing.T) *x509.Certificate {
 	return conn.ConnectionState().PeerCertificates[0]
 }
 
+// caBundle returns the CAs of the mutating configuration once the validating
+// one holds the same: the operator writes the two one after the other, so a
+// reader between the writes sees them differ for a moment; they must agree
+// within 2 seconds.
 func caBundle(t *testing.T) []*x509.Certificate {
 	t.Helper()
-	m := &admissionregistrationv1.MutatingWebhookConfiguration{}
-	if err := k8s.Get(context.Background(), types.NamespacedName{Name: "agentmesh"}, m); err != nil {
-		t.Fatal(err)
+	for attempt := 0; ; attempt++ {
+		m := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := k8s.Get(context.Background(), types.NamespacedName{Name: "agentmesh"}, m); err != nil {
+			t.Fatal(err)
+		}
+		v := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+		if err := k8s.Get(context.Background(), types.NamespacedName{Name: "agentmesh"}, v); err != nil {
+			t.Fatal(err)
+		}
+		if string(v.Webhooks[0].ClientConfig.CABundle) != string(m.Webhooks[0].ClientConfig.CABundle) {
+			if attempt < 20 {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			t.Error("the validating and mutating configurations hold different caBundles for 2 seconds")
+		}
+		certs, err := ca.ParseCertificatesPEM(m.Webhooks[0].ClientConfig.CABundle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return certs
 	}
-	certs, err := ca.ParseCertificatesPEM(m.Webhooks[0].ClientConfig.CABundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-	if err := k8s.Get(context.Background(), types.NamespacedName{Name: "agentmesh"}, v); err != nil {
-		t.Fatal(err)
-	}
-	if string(v.Webhooks[0].ClientConfig.CABundle) != string(m.Webhooks[0].ClientConfig.CABundle) {
-		t.Error("the validating and mutating configurations hold different caBundles")
-	}
-	return certs
 }
