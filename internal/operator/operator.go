@@ -134,11 +134,12 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		cfg.ReissueRate = 20
 	}
 	opts.Scheme = NewScheme()
+	shared := newInterner()
 	opts.Cache = cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}:    {Label: ManagedSelector()},
-			&corev1.ConfigMap{}: {Label: ManagedSelector()},
+			&corev1.Secret{}:    {Label: ManagedSelector(), Transform: shared.secretTransform},
+			&corev1.ConfigMap{}: {Label: ManagedSelector(), Transform: shared.configMapTransform},
 			// Only Pods that opt in, and only the fields the operator reads.
 			&corev1.Pod{}: {Label: OptedInSelector(), Transform: slimPod},
 			// Only the PodCertificateRequests addressed to agentmesh's signer.
