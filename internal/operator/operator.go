@@ -300,15 +300,15 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 			return nil, err
 		}
 		srv := mgr.GetWebhookServer()
-		srv.Register(webhook.PodInjectorPath, webhook.Guard(&ctrlwebhook.Admission{Handler: &webhook.PodInjector{
+		srv.Register(webhook.PodInjectorPath, webhook.Timed("pods", webhook.Guard(&ctrlwebhook.Admission{Handler: &webhook.PodInjector{
 			Reader:            mgr.GetClient(),
 			Decoder:           admission.NewDecoder(mgr.GetScheme()),
 			TrustDomain:       cfg.TrustDomain,
 			OperatorNamespace: cfg.CASecret.Namespace,
-		}}, webhook.MaxRequestBody, webhook.ReadTimeout))
-		srv.Register(webhook.AgentTrustPolicyValidatorPath, webhook.Guard(
+		}}, webhook.MaxRequestBody, webhook.ReadTimeout)))
+		srv.Register(webhook.AgentTrustPolicyValidatorPath, webhook.Timed("agenttrustpolicies", webhook.Guard(
 			admission.WithValidator[*mtlsv1alpha1.AgentTrustPolicy](mgr.GetScheme(), webhook.AgentTrustPolicyValidator{}),
-			webhook.MaxRequestBody, webhook.ReadTimeout))
+			webhook.MaxRequestBody, webhook.ReadTimeout)))
 		if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
 			return nil, err
 		}
