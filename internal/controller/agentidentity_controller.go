@@ -588,32 +588,22 @@ func (r *AgentIdentityReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&mtlsv1alpha1.AgentIdentity{}, handler.EnqueueRequestsFromMapFunc(dependentsOfIdentity(c)), builder.WithPredicates(labelsChanged)).
 		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(dependentsOfNamespace(c)), builder.WithPredicates(labelsChanged)).
-		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(identityOfPod), builder.WithPredicates(podPhaseChanged)).
+		Watches(&corev1.Pod{}, delayed(identityOfPod), builder.WithPredicates(podPhaseChanged)).
 		Watches(&certv1.PodCertificateRequest{}, handler.EnqueueRequestsFromMapFunc(identityOfPodCertificateRequest(c)))
 	if r.BundleCache != nil {
 		b = b.WatchesRawSource(source.Kind(r.BundleCache, &corev1.ConfigMap{}, handler.TypedEnqueueRequestsFromMapFunc(dependentsOfBundle(c))))
 	}
 	return b.
 		WatchesRawSource(source.Channel(r.Keys.events, &handler.EnqueueRequestForObject{})).
-		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-			go func() {
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-caChanged:
-						list := &mtlsv1alpha1.AgentIdentityList{}
-						if err := mgr.GetClient().List(ctx, list); err != nil {
-							logf.FromContext(ctx).Error(err, "listing AgentIdentities after a CA change")
-							continue
-						}
-						for i := range list.Items {
-							q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
-						}
-					}
-				}
-			}()
-			return nil
+		WatchesRawSource(onSignal(caChanged, func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			list := &mtlsv1alpha1.AgentIdentityList{}
+			if err := mgr.GetClient().List(ctx, list); err != nil {
+				logf.FromContext(ctx).Error(err, "listing AgentIdentities after a CA change")
+				return
+			}
+			for i := range list.Items {
+				q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+			}
 		})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Complete(r)

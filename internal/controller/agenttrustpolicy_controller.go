@@ -178,10 +178,13 @@ func (r *AgentTrustPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return out
 	}
 	// A trust ConfigMap names the policies compiled into it; an update may
-	// remove one, so both the old and the new list are queued.
+	// remove one, so both the old and the new list are queued. A policy's
+	// pass reads every selected identity's ConfigMap, so while thousands of
+	// them change it is queued once per recountDelay, not once per
+	// ConfigMap (which made a fan-out over N identities cost O(N^2)).
 	named := func(q workqueue.TypedRateLimitingInterface[reconcile.Request], cm client.Object) {
 		for _, name := range compiledPolicyNames(cm.GetAnnotations()[mtlsv1alpha1.AnnotationPolicies]) {
-			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: cm.GetNamespace(), Name: name}})
+			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: cm.GetNamespace(), Name: name}}, recountDelay)
 		}
 	}
 	trustConfigMaps := handler.Funcs{
@@ -198,7 +201,7 @@ func (r *AgentTrustPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		For(&mtlsv1alpha1.AgentTrustPolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&mtlsv1alpha1.AgentIdentity{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+		Watches(&mtlsv1alpha1.AgentIdentity{}, delayed(func(ctx context.Context, obj client.Object) []reconcile.Request {
 			return policiesIn(ctx, obj.GetNamespace())
 		}), builder.WithPredicates(labelsChanged)).
 		Watches(&corev1.ConfigMap{}, trustConfigMaps)

@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
@@ -86,18 +85,8 @@ func (r *ClusterTrustBundleReconciler) SetupWithManager(mgr ctrl.Manager) error 
 		Named("clustertrustbundle").
 		For(&certv1.ClusterTrustBundle{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
-		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-			go func() {
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-changed:
-						q.Add(key)
-					}
-				}
-			}()
-			return nil
+		WatchesRawSource(onSignal(changed, func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			q.Add(key)
 		})).
 		Complete(r)
 }

@@ -2,15 +2,19 @@ package controller
 
 import (
 	"context"
+	"time"
 
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 )
@@ -169,6 +173,57 @@ func dependentsOfBundle(c client.Reader) func(context.Context, *corev1.ConfigMap
 		}
 		return out
 	}
+}
+
+// recountDelay is how long a count in a status (the identities a policy
+// has compiled into, the running Pods of an identity) waits after an event
+// before it is taken again. The status follows a burst at most this late,
+// and a count over N objects is taken about once per recountDelay instead
+// of once per event (which made a fan-out or a scale-up cost O(N^2)).
+const recountDelay = 500 * time.Millisecond
+
+// delayed queues what mapFn returns, recountDelay after each event (for an
+// update, for the old and the new object), so that a burst of events
+// queues each request once per recountDelay.
+func delayed(mapFn func(context.Context, client.Object) []reconcile.Request) handler.Funcs {
+	add := func(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		for _, req := range mapFn(ctx, obj) {
+			q.AddAfter(req, recountDelay)
+		}
+	}
+	return handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(ctx, e.Object, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(ctx, e.ObjectOld, q)
+			add(ctx, e.ObjectNew, q)
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(ctx, e.Object, q)
+		},
+		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(ctx, e.Object, q)
+		},
+	}
+}
+
+// onSignal is a source that calls enqueue after every value received from
+// signal (a CA change subscription) until the controller stops.
+func onSignal(signal <-chan struct{}, enqueue func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request])) source.Source {
+	return source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-signal:
+					enqueue(ctx, q)
+				}
+			}
+		}()
+		return nil
+	})
 }
 
 // identityOfPod queues the identity a Pod names with its opt-in label.
