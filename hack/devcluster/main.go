@@ -132,7 +132,7 @@ agentmesh is running against a local control plane. In another terminal:
   export PATH=%s:$PATH
   kubectl get agentidentities -A -o wide
   kubectl get secret worker-tls -n agents -o jsonpath='{.data.tls\.crt}' | base64 -d | openssl x509 -noout -text
-  kubectl get events -n agents
+  kubectl describe agentidentity worker -n agents   # conditions, serial, renewal time, events
   kubectl apply -f config/samples/pods/ && kubectl get pod worker -n agents -o yaml   # injected by the webhook
 
 Press Ctrl-C to stop the operator and the control plane.

@@ -390,10 +390,17 @@ func (r *AgentIdentityReconciler) issue(ctx context.Context, s *identityScope, d
 	r.Metrics.Issued(d.Reason)
 	s.log.Info("issued certificate", "reason", d.Reason, "serial", ca.SerialHex(issued.Leaf.SerialNumber),
 		"notAfter", issued.Leaf.NotAfter, "renewalTime", renewal)
-	r.Recorder.Eventf(s.id, nil, corev1.EventTypeNormal, eventFor(d.Reason), "Issue",
-		"Issued certificate %s for %s, valid until %s, renewal at %s (%s)",
-		ca.SerialHex(issued.Leaf.SerialNumber), s.req.SPIFFEID, issued.Leaf.NotAfter.UTC().Format(time.RFC3339),
-		renewal.UTC().Format(time.RFC3339), d.Message)
+	// A first issuance that went through at once is not an Event: the
+	// status says it (Ready, serialNumber, notAfter, renewalTime), and
+	// when thousands of identities are created together an Event each
+	// would be a quarter of the operator's writes. Every later issuance
+	// (renewal, reissue, repair) and a first one after failures is.
+	if d.Reason != mtlsv1alpha1.ReasonPending || s.original.Status.FailedIssuanceAttempts > 0 {
+		r.Recorder.Eventf(s.id, nil, corev1.EventTypeNormal, eventFor(d.Reason), "Issue",
+			"Issued certificate %s for %s, valid until %s, renewal at %s (%s)",
+			ca.SerialHex(issued.Leaf.SerialNumber), s.req.SPIFFEID, issued.Leaf.NotAfter.UTC().Format(time.RFC3339),
+			renewal.UTC().Format(time.RFC3339), d.Message)
+	}
 	s.succeeded(issued.Leaf, renewal, s.ca.Active.SerialHex())
 	if err := r.removeOldSecret(ctx, s); err != nil {
 		return ctrl.Result{}, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -87,12 +88,19 @@ func (r *CAReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl
 		// Nothing to retry until the Secret changes, which the watch reports.
 		return ctrl.Result{}, nil
 	}
+	// The first load of a process is logged only: a restart must not write
+	// (one Event per restart adds up, and says nothing new). A CA that
+	// changes while the operator runs, or that was unusable before, is
+	// also recorded as an Event on the Secret.
+	_, prev := r.Holder.Get()
 	if r.Holder.Set(st, nil) {
 		log.Info("loaded the agent CA", "serial", st.Active.SerialHex(), "notAfter", st.Active.Cert.NotAfter, "anchors", len(st.Anchors),
 			"rotation", st.Rotation.Phase)
-		r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, eventCALoaded, "Load",
-			"Loaded CA %s (subject %q, valid until %s) with %d trust anchor(s)",
-			st.Active.SerialHex(), st.Active.Cert.Subject.String(), st.Active.Cert.NotAfter.UTC().Format(time.RFC3339), len(st.Anchors))
+		if !errors.Is(prev, ca.ErrNotLoaded) {
+			r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, eventCALoaded, "Load",
+				"Loaded CA %s (subject %q, valid until %s) with %d trust anchor(s)",
+				st.Active.SerialHex(), st.Active.Cert.Subject.String(), st.Active.Cert.NotAfter.UTC().Format(time.RFC3339), len(st.Anchors))
+		}
 	}
 	if r.Metrics != nil {
 		r.Metrics.SetCA(st)

@@ -268,6 +268,20 @@ func getSecret(t *testing.T, ns, name string) *corev1.Secret {
 	return s
 }
 
+// assertNoEvent fails when obj has an Event of that reason.
+func assertNoEvent(t *testing.T, obj client.Object, kind, reason string) {
+	t.Helper()
+	list := &eventsv1.EventList{}
+	if err := k8s.List(context.Background(), list, client.InNamespace(obj.GetNamespace())); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range list.Items {
+		if e.Regarding.Name == obj.GetName() && e.Regarding.Kind == kind && e.Reason == reason {
+			t.Errorf("unexpected %s event on %s: %q", reason, obj.GetName(), e.Note)
+		}
+	}
+}
+
 // waitEvent waits for an Event with the reason about obj and returns its note.
 func waitEvent(t *testing.T, obj client.Object, kind, reason string) string {
 	t.Helper()
