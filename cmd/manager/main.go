@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -38,6 +39,12 @@ func run(opts *options) error {
 	// Capped: client-go logs Secret bodies at V(8) (see internal/logging).
 	ctrl.SetLogger(logging.Cap(zap.New(zap.UseFlagOptions(&opts.zap))))
 	log := ctrl.Log.WithName("setup")
+	if limit, why := memoryLimit(opts.memoryLimit, os.Getenv("GOMEMLIMIT"), os.ReadFile); limit > 0 {
+		debug.SetMemoryLimit(limit)
+		log.Info("soft memory limit set", "bytes", limit, "from", why)
+	} else {
+		log.Info("no soft memory limit set", "why", why)
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

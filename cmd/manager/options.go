@@ -43,6 +43,7 @@ type options struct {
 	webhookCASecret         types.NamespacedName
 	webhookHosts            []string
 	webhookConfigName       string
+	memoryLimit             string
 	zap                     zap.Options
 }
 
@@ -99,6 +100,9 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		"Comma-separated extra DNS names and IPs of the serving certificate (e.g. 127.0.0.1 for a URL-based webhook configuration).")
 	fs.StringVar(&o.webhookConfigName, "webhook-config-name", "agentmesh",
 		"Name of the MutatingWebhookConfiguration and ValidatingWebhookConfiguration whose caBundle the operator keeps; empty leaves them alone.")
+	fs.StringVar(&o.memoryLimit, "memory-limit", memoryLimitAuto,
+		"Soft limit of the operator's memory, for Go's garbage collector: auto (90% of the container's cgroup limit, if any), "+
+			"none, or a quantity such as 200Mi. GOMEMLIMIT, when set, takes precedence.")
 	ctrlconfig.RegisterFlags(fs)
 	o.zap = zap.Options{Development: false}
 	o.zap.BindFlags(fs)
@@ -122,6 +126,9 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q: the manager takes flags only", fs.Arg(0))
 	}
 
+	if err := parseMemoryLimit(o.memoryLimit); err != nil {
+		return nil, err
+	}
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("invalid value %q for flag -trust-domain: %w", trustDomain, err)
