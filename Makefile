@@ -78,6 +78,10 @@ verify: manifests generate ## Fail when generated files are stale or code is not
 test: tools build ## Run unit and integration tests against a real kube-apiserver and etcd built from source.
 	go test ./... $(GO_TEST_FLAGS)
 
+.PHONY: bench
+bench: tools build ## Benchmark bin/manager against a local control plane (BENCH_N=10000 identities by default); table in bin/bench/results.md.
+	go run ./test/bench
+
 .PHONY: test-e2e
 test-e2e: tools ## Run only the end-to-end suite: manager process, webhooks, agents as local Pods doing mTLS through rotations.
 	go test ./test/e2e/ -count=1 -v $(GO_TEST_FLAGS)
