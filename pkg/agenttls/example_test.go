@@ -128,7 +128,8 @@ func Example() {
 }
 
 // A Source is a go-spiffe X.509-SVID and bundle source: code written against
-// go-spiffe's tlsconfig works with agentmesh files unchanged.
+// go-spiffe's tlsconfig works with agentmesh files unchanged, and
+// Source.Authorizer enforces policy.json there.
 func Example_goSPIFFE() {
 	root, err := os.MkdirTemp("", "agenttls-example")
 	if err != nil {
@@ -155,7 +156,7 @@ func Example_goSPIFFE() {
 	}
 	defer planner.Close()
 
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(worker, worker, tlsconfig.AuthorizeAny()))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(worker, worker, worker.Authorizer(agenttls.Ingress)))
 	if err != nil {
 		fmt.Println(err)
 		return

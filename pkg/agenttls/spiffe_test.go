@@ -2,6 +2,7 @@ package agenttls_test
 
 import (
 	"crypto/x509"
+	"errors"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -10,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/agentmesh/agentmesh/pkg/agenttls"
+	"github.com/agentmesh/agentmesh/pkg/agenttls/agenttlstest"
 )
 
 // The Source is a go-spiffe source.
@@ -79,4 +81,73 @@ func TestGoSPIFFEBundleSourceIsPerTrustDomain(t *testing.T) {
 		t.Fatal("go-spiffe with the agentmesh bundle source let the partner CA vouch for a cluster.local ID")
 	}
 	mustContain(t, srv.next(t).err.Error(), "unknown authority")
+}
+
+func TestGoSPIFFEAuthorizerEnforcesPolicy(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	worker := newIdentity(t, ca, workerID, ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, plannerID), nil)
+	workerSrc := worker.source(t)
+	srv := serve(t, tlsconfig.MTLSServerConfig(workerSrc, workerSrc, workerSrc.Authorizer(agenttls.Ingress)))
+	plannerSrc := newIdentity(t, ca, plannerID, nil, nil).source(t)
+	outsiderSrc := newIdentity(t, ca, outsiderID, nil, nil).source(t)
+
+	// The policy's peer is admitted, through go-spiffe on both sides.
+	if _, err := dial(t, srv.addr, tlsconfig.MTLSClientConfig(plannerSrc, plannerSrc, plannerSrc.Authorizer(agenttls.Egress))); err != nil {
+		t.Fatalf("planner refused: %v", err)
+	}
+	if r := srv.next(t); r.err != nil || r.peer != plannerID {
+		t.Fatalf("server saw %v, %v", r.peer, r.err)
+	}
+
+	// Another identity of the trust domain verifies, and is refused by
+	// policy with the same error as the SDK's own configurations give.
+	if _, err := dial(t, srv.addr, tlsconfig.MTLSClientConfig(outsiderSrc, outsiderSrc, tlsconfig.AuthorizeAny())); err == nil {
+		t.Fatal("the outsider was let in")
+	}
+	r := srv.next(t)
+	var pe *agenttls.PolicyError
+	if !errors.As(r.err, &pe) || pe.Direction != agenttls.Ingress || pe.Local != workerID || pe.Peer != outsiderID {
+		t.Fatalf("server error %v, want a *PolicyError from the worker's ingress about the outsider", r.err)
+	}
+	mustContain(t, r.err.Error(), workerID.String(), outsiderID.String(), "worker-ingress")
+
+	// A new policy.json applies from the next handshake.
+	worker.policy = ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, plannerID, outsiderID)
+	worker.write(t)
+	waitFor(t, "the new policy", func() bool { return len(workerSrc.Snapshot().Policy().Ingress.SPIFFEIDs) == 2 })
+	if _, err := dial(t, srv.addr, tlsconfig.MTLSClientConfig(outsiderSrc, outsiderSrc, tlsconfig.AuthorizeAny())); err != nil {
+		t.Fatalf("the outsider is still refused after the policy change: %v", err)
+	}
+	if r := srv.next(t); r.err != nil || r.peer != outsiderID {
+		t.Errorf("server saw %v, %v", r.peer, r.err)
+	}
+}
+
+func TestGoSPIFFEAuthorizerEgressAndAudit(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	workerSrc := newIdentity(t, ca, workerID, nil, nil).source(t)
+	srv := serve(t, tlsconfig.MTLSServerConfig(workerSrc, workerSrc, tlsconfig.AuthorizeAny()))
+
+	// Egress to the research namespace only: the worker is refused on the
+	// client, before any request is sent.
+	pol := agenttlstest.DefaultPolicy(plannerID)
+	pol.Egress = agenttls.Rules{Mode: agenttls.ModeEnforce, Prefixes: []string{"spiffe://cluster.local/ns/research/"},
+		Policies: []string{"research-only"}}
+	plannerSrc := newIdentity(t, ca, plannerID, pol, nil).source(t)
+	_, err := dial(t, srv.addr, tlsconfig.MTLSClientConfig(plannerSrc, plannerSrc, plannerSrc.Authorizer(agenttls.Egress)))
+	var pe *agenttls.PolicyError
+	if !errors.As(err, &pe) || pe.Direction != agenttls.Egress || pe.Peer != workerID {
+		t.Fatalf("client error %v, want an egress *PolicyError about the worker", err)
+	}
+	_ = srv.next(t)
+
+	// The same rules in Audit mode let the worker through and log it.
+	var logs logBuffer
+	pol.Egress.Mode = agenttls.ModeAudit
+	auditSrc := newIdentity(t, ca, plannerID, pol, nil).source(t, agenttls.WithLogger(logs.logger()))
+	if _, err := dial(t, srv.addr, tlsconfig.MTLSClientConfig(auditSrc, auditSrc, auditSrc.Authorizer(agenttls.Egress))); err != nil {
+		t.Fatalf("audit mode refused the worker: %v", err)
+	}
+	_ = srv.next(t)
+	mustContain(t, logs.String(), "let through in audit mode", "direction=egress", "peer="+workerID.String(), "research-only")
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -100,11 +101,33 @@ func (s *Source) verifyPeer(d Direction, chain []*x509.Certificate, want spiffei
 	if !want.IsZero() && id != want {
 		return fmt.Errorf("agentmesh: the server is %s, not the required %s (egress of %s)", id, want, snap.id)
 	}
-	err = snap.policy.Check(d, id)
+	return s.authorize(snap, d, id)
+}
+
+// authorize applies the snapshot's policy of the direction to a verified
+// peer; in Audit mode a peer the rules do not allow is logged and let
+// through.
+func (s *Source) authorize(snap *Snapshot, d Direction, peer spiffeid.ID) error {
+	err := snap.policy.Check(d, peer)
 	if err != nil && snap.policy.Rules(d).Mode == ModeAudit {
 		s.cfg.log.Warn("agentmesh: peer not allowed by policy, let through in audit mode",
-			"direction", string(d), "spiffeID", snap.id.String(), "peer", id.String(), "reason", err.Error())
+			"direction", string(d), "spiffeID", snap.id.String(), "peer", peer.String(), "reason", err.Error())
 		return nil
 	}
 	return err
+}
+
+// Authorizer returns a go-spiffe authorizer that enforces the current
+// policy.json of the direction (Ingress for a server, Egress for a client),
+// Audit mode included, exactly as ServerTLSConfig and ClientTLSConfig do:
+//
+//	tlsconfig.MTLSServerConfig(src, src, src.Authorizer(agenttls.Ingress))
+//
+// go-spiffe has verified the chain against the Source's bundles before it
+// calls the authorizer. A policy that changes applies from the next
+// handshake.
+func (s *Source) Authorizer(d Direction) tlsconfig.Authorizer {
+	return func(peer spiffeid.ID, _ [][]*x509.Certificate) error {
+		return s.authorize(s.Snapshot(), d, peer)
+	}
 }
