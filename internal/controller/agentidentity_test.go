@@ -680,6 +680,17 @@ func update(t *testing.T, nn types.NamespacedName, mutate func(*mtlsv1alpha1.Age
 
 func gauge(t *testing.T, name, ns, idName string) float64 {
 	t.Helper()
+	v, ok := findGauge(t, name, ns, idName)
+	if !ok {
+		t.Fatalf("no metric %s{%s/%s}", name, ns, idName)
+	}
+	return v
+}
+
+// findGauge returns the value of a gauge of the operator's registry, for
+// one identity or (ns empty) the first series.
+func findGauge(t *testing.T, name, ns, idName string) (float64, bool) {
+	t.Helper()
 	families, err := metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -690,12 +701,11 @@ func gauge(t *testing.T, name, ns, idName string) float64 {
 		}
 		for _, m := range f.GetMetric() {
 			if ns == "" || (label(m, "namespace") == ns && label(m, "name") == idName) {
-				return m.GetGauge().GetValue()
+				return m.GetGauge().GetValue(), true
 			}
 		}
 	}
-	t.Fatalf("no metric %s{%s/%s}", name, ns, idName)
-	return 0
+	return 0, false
 }
 
 func label(m *dto.Metric, name string) string {
@@ -762,9 +772,25 @@ func TestDeletingIdentityDeletesSecret(t *testing.T) {
 	create(t, id)
 	waitReady(t, client.ObjectKeyFromObject(id))
 	getSecret(t, ns, "ephemeral-tls")
+	eventually(t, 5*time.Second, "the identity's metrics", func() error {
+		if v, ok := findGauge(t, "agentmesh_identity_ready", ns, "ephemeral"); !ok || v != 1 {
+			return fmt.Errorf("agentmesh_identity_ready %v (present: %t), want 1", v, ok)
+		}
+		return nil
+	})
 	if err := k8s.Delete(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
+	// The deleted identity's series go with it.
+	eventually(t, 10*time.Second, "the deleted identity's series are dropped", func() error {
+		for _, name := range []string{"agentmesh_identity_ready", "agentmesh_identity_expiration_timestamp_seconds",
+			"agentmesh_identity_renewal_timestamp_seconds"} {
+			if _, ok := findGauge(t, name, ns, "ephemeral"); ok {
+				return fmt.Errorf("%s still has a series", name)
+			}
+		}
+		return nil
+	})
 	eventually(t, 30*time.Second, "the garbage collector removes the Secret", func() error {
 		err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "ephemeral-tls"}, &corev1.Secret{})
 		if apierrors.IsNotFound(err) {
