@@ -169,15 +169,25 @@ func (g *identityGauges) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect implements prometheus.Collector. An identity without a
-// certificate yet has only the ready series.
+// certificate yet has only the ready series. The records are copied out
+// first: the scrape encodes the series slowly, and the reconcilers must
+// not wait for it to record an identity.
 func (g *identityGauges) Collect(ch chan<- prometheus.Metric) {
+	type sample struct {
+		nn types.NamespacedName
+		identityRecord
+	}
 	g.mu.RLock()
-	defer g.mu.RUnlock()
+	samples := make([]sample, 0, len(g.records))
 	for nn, r := range g.records {
-		ch <- prometheus.MustNewConstMetric(g.ready, prometheus.GaugeValue, boolFloat(r.ready), nn.Namespace, nn.Name)
-		if r.notAfter > 0 {
-			ch <- prometheus.MustNewConstMetric(g.expiry, prometheus.GaugeValue, r.notAfter, nn.Namespace, nn.Name)
-			ch <- prometheus.MustNewConstMetric(g.renewal, prometheus.GaugeValue, r.renewal, nn.Namespace, nn.Name)
+		samples = append(samples, sample{nn, r})
+	}
+	g.mu.RUnlock()
+	for _, s := range samples {
+		ch <- prometheus.MustNewConstMetric(g.ready, prometheus.GaugeValue, boolFloat(s.ready), s.nn.Namespace, s.nn.Name)
+		if s.notAfter > 0 {
+			ch <- prometheus.MustNewConstMetric(g.expiry, prometheus.GaugeValue, s.notAfter, s.nn.Namespace, s.nn.Name)
+			ch <- prometheus.MustNewConstMetric(g.renewal, prometheus.GaugeValue, s.renewal, s.nn.Namespace, s.nn.Name)
 		}
 	}
 }
