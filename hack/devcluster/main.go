@@ -19,9 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/agentmesh/agentmesh/test/cluster"
@@ -76,7 +73,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := ensureNamespace(ctx, cs, "agentmesh-system"); err != nil {
+	if err := cluster.EnsureNamespace(ctx, cs, "agentmesh-system"); err != nil {
 		return err
 	}
 
@@ -102,7 +99,7 @@ func run() error {
 	}
 	defer func() {
 		say("stopping the operator")
-		if err := m.Stop(15 * time.Second); err != nil && !isSignalExit(err) {
+		if err := m.Stop(15 * time.Second); err != nil {
 			say("operator: %v", err)
 		}
 	}()
@@ -150,14 +147,6 @@ func say(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "devcluster: "+format+"\n", args...)
 }
 
-func ensureNamespace(ctx context.Context, cs kubernetes.Interface, name string) error {
-	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating namespace %s: %w", name, err)
-	}
-	return nil
-}
-
 func runKubectl(ctx context.Context, kubectl, kubeconfig string, out io.Writer, args ...string) error {
 	cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
 	cmd.Stdout, cmd.Stderr = out, os.Stderr
@@ -165,16 +154,4 @@ func runKubectl(ctx context.Context, kubectl, kubeconfig string, out io.Writer, 
 		return fmt.Errorf("kubectl %v: %w", args, err)
 	}
 	return nil
-}
-
-// isSignalExit reports whether err is the exit of a process that a signal
-// (the user's Ctrl-C) ended.
-func isSignalExit(err error) bool {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
-			return ws.Signaled()
-		}
-	}
-	return false
 }

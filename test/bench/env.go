@@ -7,16 +7,11 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -110,11 +105,7 @@ func (e *env) stop() {
 }
 
 func (e *env) ensureNamespace(ctx context.Context, name string) error {
-	_, err := e.k8s.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating namespace %s: %w", name, err)
-	}
-	return nil
+	return cluster.EnsureNamespace(ctx, e.k8s, name)
 }
 
 // startManager runs the manager binary with the benchmark's flags and
@@ -153,22 +144,11 @@ func (e *env) waitManagerReady(ctx context.Context) error {
 }
 
 func (e *env) stopManager() {
-	if err := e.mgr.Stop(30 * time.Second); err != nil && !signalled(err) {
+	if err := e.mgr.Stop(30 * time.Second); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: manager run %d: %v (log: %s)\n", e.mgrRuns, err, e.mgr.log.Name())
 	}
 	_ = e.mgr.log.Close()
 	e.mgr = nil
-}
-
-// signalled reports whether err is the exit of a process a signal ended.
-func signalled(err error) bool {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
-			return ws.Signaled()
-		}
-	}
-	return false
 }
 
 // managerMetrics scrapes the manager's metrics endpoint.

@@ -134,7 +134,10 @@ func (m *Manager) WaitReady(ctx context.Context) error {
 }
 
 // Stop sends SIGTERM, waits up to grace for a clean exit, then kills the
-// process. It returns the process's exit error, if any, for a clean exit.
+// process. It returns the process's exit error, if any, for a clean exit;
+// an exit by that SIGTERM (before the manager handles signals) is a clean
+// stop, while a process that had already died, of a signal or not, is
+// reported.
 func (m *Manager) Stop(grace time.Duration) error {
 	select {
 	case <-m.done:
@@ -144,6 +147,12 @@ func (m *Manager) Stop(grace time.Duration) error {
 	_ = m.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-m.done:
+		var ee *exec.ExitError
+		if errors.As(m.waitErr, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
+				return nil
+			}
+		}
 		return m.waitErr
 	case <-time.After(grace):
 		_ = m.cmd.Process.Kill()
