@@ -93,13 +93,20 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("creating Pod %s: %v", p.Name, err)
 		}
 	}
-	start := time.Now()
+	// start is the planner's first successful call. The three Pods start in
+	// whatever order their Secrets become ready, so the planner may call
+	// before the worker listens; those refused connections are start-up, not
+	// rotation, and every later phase counts failures from start on.
+	var start time.Time
 
 	t.Run("planner reaches worker, outsider is refused", func(t *testing.T) {
 		eventually(t, 60*time.Second, "the planner's first successful calls", func() error {
 			ok := 0
 			for _, r := range results(t, "planner") {
 				if r.OK && r.Reply.Server == id("worker") && r.Reply.Client == id("planner") {
+					if ok == 0 {
+						start = r.Time
+					}
 					ok++
 				}
 			}
@@ -108,6 +115,16 @@ func TestEndToEnd(t *testing.T) {
 			}
 			return nil
 		})
+		early := 0
+		for _, r := range results(t, "planner") {
+			if !r.OK && r.Time.Before(start) {
+				if early == 0 {
+					t.Logf("planner: first call before the worker served, at %s: %s", r.Time.Format(time.TimeOnly), r.Error)
+				}
+				early++
+			}
+		}
+		t.Logf("planner: %d calls before the worker served; counting failures from %s", early, start.Format(time.StampMilli))
 		eventually(t, 20*time.Second, "the outsider is refused", func() error {
 			rs := results(t, "outsider")
 			if len(rs) < 5 {
