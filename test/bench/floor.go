@@ -2,24 +2,20 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net/url"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/identity"
 	"github.com/agentmesh/agentmesh/internal/operator"
 )
 
@@ -40,63 +36,39 @@ type floorResult struct {
 func (f floorResult) writesPerSecond() float64 { return float64(2*f.N) / f.Elapsed.Seconds() }
 func (f floorResult) perSecond() float64       { return float64(f.N) / f.Elapsed.Seconds() }
 
-// identityMaterial is a certificate, key and CA of the size an identity
-// Secret holds: a P-256 leaf with a SPIFFE URI SAN, its PKCS#8 key, and a
-// P-256 CA.
-type identityMaterial struct {
-	certPEM, keyPEM, caPEM []byte
-}
-
-func newIdentityMaterial(ns, name string) (identityMaterial, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return identityMaterial{}, err
-	}
+// identitySecretData is the data of an identity Secret as the operator
+// writes it (tls.crt, tls.key, ca.crt), issued by the operator's own CA and
+// issuance code for ns/name with the API's defaults, so that the floor
+// writes Secrets of exactly the issued size.
+func identitySecretData(ns, name string) (map[string][]byte, error) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	now := time.Now()
-	serial := func() *big.Int {
-		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-		return n
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{Organization: []string{"agentmesh"}, CommonName: "agentmesh agent CA"},
-		NotBefore: now, NotAfter: now.Add(365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs:     []*url.URL{{Scheme: "spiffe", Host: "cluster.local"}},
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	root, err := ca.Generate(ca.GenerateOptions{TrustDomain: td, Now: now})
 	if err != nil {
-		return identityMaterial{}, err
+		return nil, err
 	}
-	caCert, err := x509.ParseCertificate(caDER)
+	caData, err := ca.Encode(root)
 	if err != nil {
-		return identityMaterial{}, err
+		return nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	st, err := ca.Load(caData, nil, td, now)
 	if err != nil {
-		return identityMaterial{}, err
+		return nil, err
 	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: serial(), NotBefore: now.Add(-2 * time.Minute), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/" + ns + "/agent/" + name}},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &key.PublicKey, caKey)
+	req, err := identity.NewRequest(td, &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 	if err != nil {
-		return identityMaterial{}, err
+		return nil, err
 	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	key, err := identity.GenerateKey(req.KeyAlgorithm, req.KeySize, rand.Reader)
 	if err != nil {
-		return identityMaterial{}, err
+		return nil, err
 	}
-	return identityMaterial{
-		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
-		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}),
-		caPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-	}, nil
+	issued, err := identity.Issue(st, req, key, now, rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return issued.SecretData(st.BundlePEM())
 }
-
-func (m identityMaterial) size() int { return len(m.certPEM) + len(m.keyPEM) + len(m.caPEM) }
 
 // statusPatch is a merge patch of the size and shape of the first status
 // the manager writes for an identity.
@@ -140,11 +112,13 @@ func (e *env) runFloor(ctx context.Context) (floorResult, error) {
 	if err := e.ensureNamespace(ctx, floorNamespace); err != nil {
 		return res, err
 	}
-	mat, err := newIdentityMaterial(floorNamespace, floorName(0))
+	data, err := identitySecretData(floorNamespace, floorName(0))
 	if err != nil {
 		return res, err
 	}
-	res.SecretBytes = mat.size()
+	for _, v := range data {
+		res.SecretBytes += len(v)
+	}
 	say("floor: preparing %d AgentIdentities to patch (not timed)", e.cfg.N)
 	if err := parallel(ctx, e.cfg.N, 16, func(ctx context.Context, i int) error {
 		id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: floorNamespace, Name: floorName(i)}}
@@ -183,7 +157,7 @@ func (e *env) runFloor(ctx context.Context) (floorResult, error) {
 				},
 			},
 			Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{corev1.TLSCertKey: mat.certPEM, corev1.TLSPrivateKeyKey: mat.keyPEM, "ca.crt": mat.caPEM},
+			Data: data,
 		}
 		if err := fc.Create(ctx, sec); err != nil {
 			return fmt.Errorf("creating Secret %s: %w", sec.Name, err)

@@ -205,21 +205,20 @@ func (r *results) markdown() string {
 		p("\n## Policy fan-out: API requests per identity\n\n| request | per identity |\n|---|---|\n")
 		requestRows(p, r.fanout.Stats, n)
 	}
-	if r.have.bulk {
-		p("\n## Bulk issuance: where the manager's time went\n\n")
-		r.managerTimings(&b, r.bulk.Stats)
-	}
-	if r.have.fanout {
-		p("\n## Policy fan-out: where the manager's time went\n\n")
-		r.managerTimings(&b, r.fanout.Stats)
-	}
-	if r.have.latency {
-		p("\n## Latency phase: where the manager's time went\n\n")
-		r.managerTimings(&b, r.latency.Stats)
-	}
-	if r.have.webhook {
-		p("\n## Webhook phase: where the manager's time went\n\n")
-		r.managerTimings(&b, r.webhook.Stats)
+	for _, ph := range []struct {
+		have  bool
+		title string
+		stats phaseStats
+	}{
+		{r.have.bulk, "Bulk issuance", r.bulk.Stats},
+		{r.have.fanout, "Policy fan-out", r.fanout.Stats},
+		{r.have.latency, "Latency phase", r.latency.Stats},
+		{r.have.webhook, "Webhook phase", r.webhook.Stats},
+	} {
+		if ph.have {
+			p("\n## %s: where the manager's time went\n\n", ph.title)
+			r.managerTimings(&b, ph.stats)
+		}
 	}
 	p("\n## CPU time by process\n\nCPU seconds used during the phase, and as cores (CPU seconds / wall seconds); the machine has %d.\n\n", r.machine.Cores)
 	p("| phase | wall | kube-apiserver | etcd | manager | benchmark |\n|---|---|---|---|---|---|\n")
