@@ -136,7 +136,7 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	opts.Scheme = NewScheme()
 	shared := newInterner()
 	opts.Cache = cache.Options{
-		DefaultTransform: cache.TransformStripManagedFields(),
+		DefaultTransform: stripManagedFields,
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}:    {Label: ManagedSelector(), Transform: shared.secretTransform},
 			&corev1.ConfigMap{}: {Label: ManagedSelector(), Transform: shared.configMapTransform},
@@ -197,7 +197,7 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		Scheme:           mgr.GetScheme(),
 		Mapper:           mgr.GetRESTMapper(),
 		HTTPClient:       mgr.GetHTTPClient(),
-		DefaultTransform: cache.TransformStripManagedFields(),
+		DefaultTransform: stripManagedFields,
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{mtlsv1alpha1.LabelTrustBundle: "true"})},
 		},
