@@ -344,26 +344,25 @@ func servedCertificate(t *testing.T) *x509.Certificate {
 // within 2 seconds.
 func caBundle(t *testing.T) []*x509.Certificate {
 	t.Helper()
-	for attempt := 0; ; attempt++ {
+	var bundle []byte
+	eventually(t, 2*time.Second, "the validating and mutating configurations hold the same caBundle", func() error {
 		m := &admissionregistrationv1.MutatingWebhookConfiguration{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Name: "agentmesh"}, m); err != nil {
-			t.Fatal(err)
+			return err
 		}
 		v := &admissionregistrationv1.ValidatingWebhookConfiguration{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Name: "agentmesh"}, v); err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if string(v.Webhooks[0].ClientConfig.CABundle) != string(m.Webhooks[0].ClientConfig.CABundle) {
-			if attempt < 20 {
-				time.Sleep(100 * time.Millisecond)
-				continue
-			}
-			t.Error("the validating and mutating configurations hold different caBundles for 2 seconds")
+		bundle = m.Webhooks[0].ClientConfig.CABundle
+		if string(v.Webhooks[0].ClientConfig.CABundle) != string(bundle) {
+			return errors.New("they differ")
 		}
-		certs, err := ca.ParseCertificatesPEM(m.Webhooks[0].ClientConfig.CABundle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return certs
+		return nil
+	})
+	certs, err := ca.ParseCertificatesPEM(bundle)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return certs
 }
