@@ -75,7 +75,7 @@ verify: manifests generate ## Fail when generated files are stale or code is not
 	$(MAKE) vet lint
 
 .PHONY: test
-test: tools build ## Run unit and integration tests against a real kube-apiserver and etcd built from source.
+test: tools build images ## Run unit, integration and end-to-end tests against a real kube-apiserver, etcd and (as root) kubelet, built from source.
 	go test ./... $(GO_TEST_FLAGS)
 
 .PHONY: bench
@@ -83,7 +83,7 @@ bench: tools build ## Benchmark bin/manager against a local control plane (BENCH
 	go run ./test/bench
 
 .PHONY: test-e2e
-test-e2e: tools ## Run only the end-to-end suite: manager process, webhooks, agents as local Pods doing mTLS through rotations.
+test-e2e: tools images ## Run only the end-to-end suite: manager process, webhooks, agents as real Pods on the local node doing mTLS through rotations.
 	go test ./test/e2e/ -count=1 -v $(GO_TEST_FLAGS)
 
 ##@ Build
@@ -96,8 +96,12 @@ build: ## Build the manager binary into bin/manager.
 run: ## Run the manager against the cluster in $KUBECONFIG.
 	go run ./cmd/manager
 
+.PHONY: images
+images: ## Build the operator, example-agent and pause images from static binaries (no container engine) into bin/images/.
+	go run ./hack/images
+
 .PHONY: dev
-dev: tools build ## Start a local control plane, install the CRDs, run the operator and apply the samples.
+dev: tools build images ## Start a local cluster (control plane and, as root, a node), run the operator, apply the samples and run the sample agents.
 	go build -o $(BIN)/devcluster ./hack/devcluster
 	$(BIN)/devcluster --manager=$(BIN)/manager --manager-args="$(MANAGER_ARGS)"
 
@@ -108,7 +112,7 @@ docker-build: ## Build the container image (needs a container runtime).
 ##@ Tools
 
 .PHONY: tools
-tools: ## Build kube-apiserver, etcd, kubectl, helm, controller-gen and golangci-lint from the Go module proxy into bin/.
+tools: ## Build kube-apiserver, kube-controller-manager, etcd, kubectl, the kubelet, containerd, helm, controller-gen and golangci-lint from the Go module proxy into bin/.
 	hack/tools.sh
 
 .PHONY: tools-update

@@ -30,6 +30,7 @@ mv "$dir/go.mod.new" "$dir/go.mod"
 rm -f "$dir/go.sum"
 cd "$dir"
 go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$kube" "k8s.io/kubernetes/cmd/kube-controller-manager@$kube" \
-	"k8s.io/kubernetes/cmd/kubectl@$kube"
+	"k8s.io/kubernetes/cmd/kubectl@$kube" "k8s.io/kubernetes/cmd/kubelet@$kube" \
+	"k8s.io/kubernetes/cmd/kube-scheduler@$kube"
 go mod tidy
 echo "hack/tools/kubernetes now pins k8s.io/kubernetes $kube"

@@ -3,10 +3,15 @@
 #
 # Nothing is downloaded as a prebuilt binary: kube-apiserver,
 # kube-controller-manager (garbage collection, namespace deletion and service
-# account tokens for the local control plane) and kubectl come from
-# k8s.io/kubernetes (hack/tools/kubernetes), etcd from
-# go.etcd.io/etcd/server/v3 (hack/tools/etcd), and helm, controller-gen and
-# golangci-lint from `go install <pkg>@<version>`. Each binary is written once
+# account tokens for the local control plane), kube-scheduler, kubectl and the
+# kubelet come
+# from k8s.io/kubernetes (hack/tools/kubernetes), etcd from
+# go.etcd.io/etcd/server/v3 (hack/tools/etcd), and containerd, ctr and
+# containerd-shim-runc-v2 (the node's container runtime, pure Go: no btrfs,
+# devmapper or zfs snapshotters), helm, controller-gen and golangci-lint from
+# `go install <pkg>@<version>`. runc and the CNI loopback plugin come from
+# Debian's runc and containernetworking-plugins packages (.ci/run installs
+# them). Each binary is written once
 # to bin/tools/<name>-<version> and linked as bin/<name>, so a second run only
 # checks that the versioned files exist and takes well under a second.
 #
@@ -21,6 +26,7 @@ mkdir -p "$bin/tools"
 HELM_VERSION=${HELM_VERSION:-v4.3.1}
 CONTROLLER_GEN_VERSION=${CONTROLLER_GEN_VERSION:-v0.23.0}
 GOLANGCI_LINT_VERSION=${GOLANGCI_LINT_VERSION:-v2.15.0}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 
 # modversion FILE MODULE prints the version of MODULE required by FILE.
 modversion() {
@@ -63,10 +69,10 @@ k8s_ldflags() {
 build_kube() { (cd "$root/hack/tools/kubernetes" && go build -trimpath -ldflags "$(k8s_ldflags)" -o "$out" "$1"); }
 build_etcd() { (cd "$root/hack/tools/etcd" && go build -trimpath -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3); }
 build_go_install() {
-	local pkg=$1 version=$2 ldflags=${3:-}
+	local pkg=$1 version=$2 ldflags=${3:-} tags=${4:-}
 	local gobin
 	gobin=$(mktemp -d)
-	GOBIN="$gobin" go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version"
+	GOBIN="$gobin" go install -trimpath -tags "$tags" -ldflags "-s -w $ldflags" "$pkg@$version"
 	mv -f "$gobin/$(basename "$pkg")" "$out"
 	rm -rf "$gobin"
 }
@@ -76,6 +82,12 @@ one() {
 	kube-apiserver) install kube-apiserver "$kube_version" build_kube k8s.io/kubernetes/cmd/kube-apiserver ;;
 	kubectl) install kubectl "$kube_version" build_kube k8s.io/kubernetes/cmd/kubectl ;;
 	kube-controller-manager) install kube-controller-manager "$kube_version" build_kube k8s.io/kubernetes/cmd/kube-controller-manager ;;
+	kube-scheduler) install kube-scheduler "$kube_version" build_kube k8s.io/kubernetes/cmd/kube-scheduler ;;
+	kubelet) install kubelet "$kube_version" build_kube k8s.io/kubernetes/cmd/kubelet ;;
+	containerd | ctr | containerd-shim-runc-v2)
+		install "$1" "$CONTAINERD_VERSION" build_go_install "github.com/containerd/containerd/v2/cmd/$1" "$CONTAINERD_VERSION" \
+			"-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" "no_btrfs no_devmapper no_zfs"
+		;;
 	etcd) install etcd "$etcd_version" build_etcd ;;
 	helm) install helm "$HELM_VERSION" build_go_install helm.sh/helm/v4/cmd/helm "$HELM_VERSION" \
 		"-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" ;;
@@ -92,6 +104,7 @@ one() {
 }
 
 if [[ $# -eq 0 ]]; then
-	set -- controller-gen etcd kube-apiserver kube-controller-manager kubectl helm golangci-lint
+	set -- controller-gen etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet \
+		containerd ctr containerd-shim-runc-v2 helm golangci-lint
 fi
 for t in "$@"; do one "$t"; done

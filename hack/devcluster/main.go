@@ -1,8 +1,11 @@
-// Command devcluster is `make dev`: it starts a local control plane (etcd and
-// kube-apiserver built from source by hack/tools.sh) on loopback, installs
-// the CRDs, runs the operator against it, applies config/samples/ and prints
-// what to try next. Ctrl-C stops the operator and the control plane and
-// removes their data; no process is left behind.
+// Command devcluster is `make dev`: it starts a local cluster on loopback
+// (etcd, kube-apiserver and kube-controller-manager built from source by
+// hack/tools.sh and, as root, a node: containerd and a kubelet running the
+// images of `make images`), installs the CRDs, runs the operator against
+// it, applies config/samples/ and, with the node, the sample agents of
+// config/samples/pods/, and prints what to try next. Ctrl-C stops the
+// operator, the agents and the cluster and removes their data and mounts;
+// no process is left behind.
 package main
 
 import (
@@ -40,7 +43,13 @@ func run() error {
 	devDir := flag.String("dir", filepath.Join(root, "bin", "dev"), "directory for the kubeconfig and the logs")
 	noSamples := flag.Bool("no-samples", false, "do not apply config/samples/")
 	managerArgs := flag.String("manager-args", "", "extra flags for the operator, separated by spaces")
+	withNode := flag.Bool("node", true, "also start a node (containerd and a kubelet; needs root) and run the sample agents on it")
+	syncFrequency := flag.Duration("sync-frequency", 0, "the node's kubelet syncFrequency (how often it refreshes projected Secrets); 0 is the kubelet's default, 1m")
 	flag.Parse()
+	if *withNode && os.Geteuid() != 0 {
+		say("not root: the node (containerd and the kubelet) needs root, so this runs the control plane alone; Pods stay Pending")
+		*withNode = false
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -54,8 +63,14 @@ func run() error {
 	}
 	defer func() { _ = cpLog.Close() }()
 
-	say("starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (logs: %s)", cpLog.Name())
-	c, err := cluster.Start(cluster.Options{Output: cpLog, ControllerManager: true})
+	opts := cluster.Options{Output: cpLog, ControllerManager: true}
+	what := "etcd, kube-apiserver and kube-controller-manager"
+	if *withNode {
+		opts.Node = &cluster.NodeOptions{SyncFrequency: *syncFrequency}
+		what += ", containerd and the kubelet (node " + cluster.NodeName + ")"
+	}
+	say("starting %s on 127.0.0.1 (logs: %s)", what, cpLog.Name())
+	c, err := cluster.Start(opts)
 	if err != nil {
 		return err
 	}
@@ -120,6 +135,11 @@ func run() error {
 			return err
 		}
 		_ = runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "get", "agentidentities", "-A")
+		if *withNode {
+			if err := runAgents(ctx, root, kubectl, kubeconfig); err != nil {
+				return err
+			}
+		}
 	}
 
 	fmt.Printf(`
@@ -130,7 +150,9 @@ agentmesh is running against a local control plane. In another terminal:
   kubectl get agentidentities -A -o wide
   kubectl get secret worker-tls -n agents -o jsonpath='{.data.tls\.crt}' | base64 -d | openssl x509 -noout -text
   kubectl describe agentidentity worker -n agents   # conditions, serial, renewal time, events
-  kubectl apply -f config/samples/pods/ && kubectl get pod worker -n agents -o yaml   # injected by the webhook
+  kubectl get pods -n agents -o wide   # the sample agents (make dev applied config/samples/pods/)
+  kubectl logs deploy/planner -n agents --tail=3   # one JSON line per mTLS call to the worker
+  kubectl exec deploy/worker -n agents -- /agent ls /var/run/agentmesh   # the files the kubelet projected
 
 Press Ctrl-C to stop the operator and the control plane.
 `, kubeconfig, filepath.Dir(kubectl))
@@ -141,6 +163,23 @@ Press Ctrl-C to stop the operator and the control plane.
 	case <-m.Exited():
 		return errors.New("the operator exited; see its log above")
 	}
+}
+
+// runAgents applies the sample agents' Deployments, waits for them, and
+// shows their Pods and the files the kubelet projected into the worker.
+func runAgents(ctx context.Context, root, kubectl, kubeconfig string) error {
+	say("applying config/samples/pods/ (the sample agents)")
+	if err := runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "apply", "-f", filepath.Join(root, "config", "samples", "pods")); err != nil {
+		return err
+	}
+	say("waiting for the sample agents to be Available")
+	if err := runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "wait", "--for=condition=Available", "deployment", "--all", "-n", "agents", "--timeout=120s"); err != nil {
+		return err
+	}
+	_ = runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "get", "pods", "-n", "agents", "-o", "wide")
+	say("the worker's files, as the kubelet projected them")
+	_ = runKubectl(ctx, kubectl, kubeconfig, os.Stdout, "exec", "deploy/worker", "-n", "agents", "--", "/agent", "ls", "/var/run/agentmesh")
+	return nil
 }
 
 func say(format string, args ...any) {

@@ -71,6 +71,9 @@ type Rotation struct {
 	PropagatedAt *time.Time `json:"propagatedAt,omitempty"`
 	// ActivatedAt: the next CA started signing.
 	ActivatedAt *time.Time `json:"activatedAt,omitempty"`
+	// ReissuedAt: every identity was first seen on the active CA; the
+	// previous CA leaves the bundles Grace later (at once when Compromised).
+	ReissuedAt *time.Time `json:"reissuedAt,omitempty"`
 	// Previous is the serial of the CA the rotation moves away from.
 	Previous string `json:"previous,omitempty"`
 	// Active is the serial of the signing CA when the operator last wrote
@@ -101,9 +104,12 @@ type RotationPolicy struct {
 	// RotateAt is the share of a managed CA's lifetime after which the next
 	// CA is prepared (0.5: half-way); 0 turns scheduled rotation off.
 	RotateAt float64
-	// Grace is how long, after every trust bundle holds the next CA, the
-	// kubelet is given to update the files in running Pods before the next
-	// CA signs.
+	// Grace is how long the kubelet is given to update the files in running
+	// Pods, twice per rotation: after every trust bundle holds the next CA,
+	// before the next CA signs; and after every identity is reissued under
+	// it, before the previous CA leaves the bundles (so a Pod whose bundle
+	// is refreshed first still accepts a peer whose new certificate the
+	// kubelet has not delivered yet). An emergency rotation skips the second.
 	Grace time.Duration
 	// Lifetime of a CA the operator creates.
 	Lifetime time.Duration
@@ -157,7 +163,8 @@ func NextRotation(st *State, managed bool, p RotationPolicy) (time.Time, bool) {
 //
 //	Stable      --trigger, schedule or a user's next CA--> Propagating (next CA published)
 //	Propagating --every bundle current, then Grace-->      Reissuing   (next CA signs)
-//	Reissuing   --every leaf on the active CA, or expired--> Stable     (old anchors dropped)
+//	Reissuing   --every leaf on the active CA, then Grace,
+//	              or every other leaf expired-->          Stable      (old anchors dropped)
 //
 // Every step is one write of the CA Secret and depends only on the Secret
 // and the cluster, so an operator restarted in any phase continues where it
@@ -270,19 +277,27 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 			out.Events = append(out.Events, Event{Reason: "RotationEscalated", Message: "the rotation in progress now retires a compromised CA: reissuing is no longer rate-limited"})
 			break
 		}
-		done := p.LeavesOnActive >= p.Leaves || (!p.OthersExpireAt.IsZero() && !now.Before(p.OthersExpireAt))
-		if !done {
+		expired := !p.OthersExpireAt.IsZero() && !now.Before(p.OthersExpireAt)
+		if !expired && p.LeavesOnActive < p.Leaves {
 			return Step{}, nil
+		}
+		if !expired && !rot.Compromised {
+			if rot.ReissuedAt == nil {
+				rot.ReissuedAt = ptrTime(now)
+				out.Events = append(out.Events, Event{Reason: "IdentitiesReissued", Message: fmt.Sprintf(
+					"every identity is on CA %s; the %s leaves the trust bundles after %s, for the kubelet to deliver the new certificates",
+					st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor"), pol.Grace)})
+				break
+			}
+			if now.Before(rot.ReissuedAt.Add(pol.Grace)) {
+				return Step{}, nil
+			}
 		}
 		keep := slices.DeleteFunc(slices.Clone(st.Anchors), func(c *x509.Certificate) bool { return containsCert(st.Retired, c) })
 		out.Data[SecretTrustKey] = EncodeCertificatesPEM(keep...)
-		serials := make([]string, 0, len(st.Retired))
-		for _, c := range st.Retired {
-			serials = append(serials, SerialHex(c.SerialNumber))
-		}
 		out.Events = append(out.Events, Event{Reason: "CARetired", Message: fmt.Sprintf(
 			"CA rotation done: every identity is on CA %s; %s removed from the trust bundles",
-			st.Active.SerialHex(), plural(serials, "retired anchor"))})
+			st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor"))})
 		rot = Rotation{Phase: PhaseStable}
 	}
 
@@ -296,6 +311,15 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 	out.Annotations[AnnotationRotation] = string(raw)
 	out.Changed = true
 	return out, nil
+}
+
+// retiredSerials are the serials of the anchors a rotation retires.
+func retiredSerials(st *State) []string {
+	serials := make([]string, 0, len(st.Retired))
+	for _, c := range st.Retired {
+		serials = append(serials, SerialHex(c.SerialNumber))
+	}
+	return serials
 }
 
 // AdoptReplacement handles a signing CA replaced in place (tls.crt and

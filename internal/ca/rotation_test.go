@@ -145,8 +145,17 @@ func TestScheduledRotationWalksEveryPhase(t *testing.T) {
 	if st, _ := s.step(activated.Add(time.Minute), Progress{Leaves: 10, LeavesOnActive: 9, OthersExpireAt: activated.Add(time.Hour)}); len(st.Retired) != 1 {
 		t.Fatal("the old CA left the bundle before the last leaf moved")
 	}
-	// Every identity moved: the old CA leaves the bundles.
-	st, evs = s.step(activated.Add(2*time.Minute), Progress{Leaves: 10, LeavesOnActive: 10})
+	// Every identity moved: the old CA leaves the bundles once the kubelet
+	// had the grace period to deliver the new certificates.
+	reissued := activated.Add(2 * time.Minute)
+	st, evs = s.step(reissued, Progress{Leaves: 10, LeavesOnActive: 10})
+	if st.Rotation.Phase != PhaseReissuing || st.Rotation.ReissuedAt == nil || len(st.Retired) != 1 || eventReasons(evs)[0] != "IdentitiesReissued" {
+		t.Fatalf("every identity reissued: phase %s, retired %d, events %v", st.Rotation.Phase, len(st.Retired), evs)
+	}
+	if st, _ := s.step(reissued.Add(2*time.Minute-time.Second), Progress{Leaves: 10, LeavesOnActive: 10}); len(st.Retired) != 1 {
+		t.Fatal("the old CA left the bundles inside the grace period")
+	}
+	st, evs = s.step(reissued.Add(2*time.Minute), Progress{Leaves: 10, LeavesOnActive: 10})
 	if st.Rotation.Phase != PhaseStable || len(st.Anchors) != 1 || !st.Anchors[0].Equal(next) || len(st.Retired) != 0 || eventReasons(evs)[0] != "CARetired" {
 		t.Fatalf("retirement: phase %s anchors %d events %v", st.Rotation.Phase, len(st.Anchors), evs)
 	}
@@ -238,9 +247,10 @@ func TestMigrationToAUserCA(t *testing.T) {
 	if !st.Active.Cert.Equal(mid.cert) || s.ann[AnnotationManaged] != "" || !containsCert(st.Retired, old) {
 		t.Fatalf("after activation: active %s, managed %q", st.Active.Cert.Subject, s.ann[AnnotationManaged])
 	}
-	st, _ = s.step(t0.Add(4*time.Minute), Progress{Leaves: 1, LeavesOnActive: 1})
+	s.step(t0.Add(4*time.Minute), Progress{Leaves: 1, LeavesOnActive: 1})
+	st, _ = s.step(t0.Add(6*time.Minute), Progress{Leaves: 1, LeavesOnActive: 1})
 	if len(st.Anchors) != 1 || !st.Anchors[0].Equal(root.cert) {
-		t.Fatalf("anchors after the migration: %d", len(st.Anchors))
+		t.Fatalf("anchors after the migration and the grace period: %d", len(st.Anchors))
 	}
 	if _, ok := NextRotation(st, s.ann[AnnotationManaged] == "true", s.pol); ok {
 		t.Error("a user's CA is rotated on schedule")

@@ -1,8 +1,10 @@
-// Package cluster starts a local Kubernetes control plane (etcd and
-// kube-apiserver built from source by hack/tools.sh) with the agentmesh CRDs
-// installed, and runs the manager binary against it. `make dev`, the
-// integration and end-to-end tests and `make bench` all use it, so there is
-// one way to bring up the local control plane.
+// Package cluster starts a local Kubernetes cluster (etcd, kube-apiserver
+// and kube-controller-manager built from source by hack/tools.sh and, as
+// root, a node: containerd with runc and a kubelet) with the agentmesh CRDs
+// installed, builds the images the node runs, and runs the manager binary
+// against it. `make dev`, the integration and end-to-end tests and
+// `make bench` all use it, so there is one way to bring up the local
+// cluster.
 package cluster
 
 import (
@@ -11,9 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -38,6 +38,10 @@ type Options struct {
 	// controllers a local cluster needs: garbage collection (owner
 	// references), namespace deletion, and the default service accounts.
 	ControllerManager bool
+	// Node, when set, also starts a node (containerd and a kubelet, node1)
+	// that runs the Pods, with kube-controller-manager (implied). It needs
+	// root, runc, the CNI loopback plugin and the images of `make images`.
+	Node *NodeOptions
 	// TransformCRD, when set, changes each CRD of config/crd/bases before it
 	// is installed (tests use it to install a CRD without validation).
 	TransformCRD func(*apiextensionsv1.CustomResourceDefinition)
@@ -52,9 +56,10 @@ type Cluster struct {
 	// Root is the repository root.
 	Root string
 
-	kcm     *exec.Cmd
-	kcmDir  string
-	kcmDone chan struct{}
+	kcm       *process
+	scheduler *process
+	kcmDir    string
+	node      *node
 }
 
 // RepoRoot finds the repository root by walking up from the working
@@ -99,8 +104,17 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	assets := AssetsDir(root)
 	bins := []string{"kube-apiserver", "etcd", "kubectl"}
+	if opts.Node != nil {
+		opts.ControllerManager = true
+		if os.Geteuid() != 0 {
+			return nil, ErrNotRoot
+		}
+	}
 	if opts.ControllerManager {
 		bins = append(bins, "kube-controller-manager")
+	}
+	if opts.Node != nil {
+		bins = append(bins, "kube-scheduler")
 	}
 	for _, b := range bins {
 		if _, err := os.Stat(filepath.Join(assets, b)); err != nil {
@@ -134,6 +148,11 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	api := env.ControlPlane.GetAPIServer()
 	api.Address = "127.0.0.1"
+	if opts.Node != nil {
+		for k, v := range nodeAPIServerFlags() {
+			api.Configure().Set(k, v)
+		}
+	}
 	for k, v := range opts.APIServerFlags {
 		api.Configure().Set(k, v)
 	}
@@ -146,7 +165,13 @@ func Start(opts Options) (*Cluster, error) {
 	cfg.QPS, cfg.Burst = 500, 1000
 	c := &Cluster{Env: env, Config: cfg, Root: root}
 	if opts.ControllerManager {
-		if err := c.startControllerManager(assets, opts.Output); err != nil {
+		if err := c.startControllerManager(assets, opts.Output, opts.Node != nil); err != nil {
+			_ = c.Stop()
+			return nil, err
+		}
+	}
+	if opts.Node != nil {
+		if err := c.startNode(context.Background(), *opts.Node, assets, opts.Output); err != nil {
 			_ = c.Stop()
 			return nil, err
 		}
@@ -155,8 +180,11 @@ func Start(opts Options) (*Cluster, error) {
 }
 
 // startControllerManager runs kube-controller-manager against the API
-// server with an admin kubeconfig, serving nothing.
-func (c *Cluster) startControllerManager(assets string, out io.Writer) error {
+// server with an admin kubeconfig, serving nothing. With a node it also runs
+// what Pods need: Deployments and ReplicaSets, the node lifecycle (the
+// not-ready taint), EndpointSlices of Services, and the kube-root-ca.crt
+// ConfigMap that service account token volumes project; and kube-scheduler.
+func (c *Cluster) startControllerManager(assets string, out io.Writer, withNode bool) error {
 	dir, err := os.MkdirTemp("", "agentmesh-kcm-")
 	if err != nil {
 		return err
@@ -166,29 +194,35 @@ func (c *Cluster) startControllerManager(assets string, out io.Writer) error {
 	if err := c.WriteAdminKubeconfig(kubeconfig); err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(assets, "kube-controller-manager"),
-		"--kubeconfig="+kubeconfig,
-		"--controllers=garbagecollector,namespace,serviceaccount",
-		"--leader-elect=false",
-		"--secure-port=0",
-		"--use-service-account-credentials=false",
-		"--concurrent-gc-syncs=5",
-	)
+	controllers := "garbagecollector,namespace,serviceaccount"
+	args := []string{"--kubeconfig=" + kubeconfig, "--leader-elect=false", "--secure-port=0",
+		"--use-service-account-credentials=false", "--concurrent-gc-syncs=5"}
+	if withNode {
+		controllers += ",deployment,replicaset,nodelifecycle,endpointslice,root-ca-cert-publisher,podgc"
+		rootCA := filepath.Join(dir, "root-ca.crt")
+		if err := os.WriteFile(rootCA, c.Config.CAData, 0o644); err != nil {
+			return err
+		}
+		args = append(args, "--root-ca-file="+rootCA)
+	}
+	args = append(args, "--controllers="+controllers)
 	if out == nil {
 		out = io.Discard
 	}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("cluster: starting kube-controller-manager: %w", err)
+	p, err := startProcess("kube-controller-manager", out, nil, filepath.Join(assets, "kube-controller-manager"), args...)
+	if err != nil {
+		return err
 	}
-	c.kcm = cmd
-	c.kcmDone = make(chan struct{})
-	go func() {
-		// How it ends does not matter: it only stops when asked to.
-		_ = cmd.Wait()
-		close(c.kcmDone)
-	}()
+	c.kcm = p
+	if withNode {
+		// The scheduler binds the Pods of Deployments to the node.
+		s, err := startProcess("kube-scheduler", out, nil, filepath.Join(assets, "kube-scheduler"),
+			"--kubeconfig="+kubeconfig, "--leader-elect=false", "--secure-port=0")
+		if err != nil {
+			return err
+		}
+		c.scheduler = s
+	}
 	return nil
 }
 
@@ -212,19 +246,13 @@ func readCRDs(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	return crds, nil
 }
 
-// Stop stops kube-controller-manager, kube-apiserver and etcd and removes
-// their data.
+// Stop stops the node (see stopNode), kube-controller-manager,
+// kube-apiserver and etcd and removes their data.
 func (c *Cluster) Stop() error {
-	if c.kcm != nil {
-		_ = c.kcm.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.kcmDone:
-		case <-time.After(10 * time.Second):
-			_ = c.kcm.Process.Kill()
-			<-c.kcmDone
-		}
-		c.kcm = nil
-	}
+	c.stopNode()
+	c.scheduler.stop(10 * time.Second)
+	c.kcm.stop(10 * time.Second)
+	c.kcm, c.scheduler = nil, nil
 	if c.kcmDir != "" {
 		_ = os.RemoveAll(c.kcmDir)
 	}
@@ -234,9 +262,14 @@ func (c *Cluster) Stop() error {
 // WriteAdminKubeconfig writes a kubeconfig for an admin (system:masters) user
 // to path, creating its directory.
 func (c *Cluster) WriteAdminKubeconfig(path string) error {
-	user, err := c.Env.AddUser(envtest.User{Name: "agentmesh-admin", Groups: []string{"system:masters"}}, nil)
+	return c.writeKubeconfig(path, envtest.User{Name: "agentmesh-admin", Groups: []string{"system:masters"}})
+}
+
+// writeKubeconfig writes a kubeconfig for a user with a client certificate.
+func (c *Cluster) writeKubeconfig(path string, u envtest.User) error {
+	user, err := c.Env.AddUser(u, nil)
 	if err != nil {
-		return fmt.Errorf("cluster: adding the admin user: %w", err)
+		return fmt.Errorf("cluster: adding the user %s: %w", u.Name, err)
 	}
 	kc, err := user.KubeConfig()
 	if err != nil {

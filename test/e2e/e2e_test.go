@@ -84,7 +84,7 @@ func runSuite(m *testing.M) int {
 	}
 	managerBin := filepath.Join(workDir, "manager")
 	agentBin = filepath.Join(workDir, "agent")
-	for bin, pkg := range map[string]string{managerBin: "./cmd/manager", agentBin: "./test/e2e/agent"} {
+	for bin, pkg := range map[string]string{managerBin: "./cmd/manager", agentBin: "./examples/agent"} {
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
 		cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {

@@ -1,9 +1,13 @@
-// Command agent is the example agent of the end-to-end tests: a Go program
-// that gets its identity from the files agentmesh injects (through
-// pkg/agenttls, no agentmesh code of its own) and either serves HTTPS to
-// the peers its policy allows, or calls a server over and over, on a
-// connection it keeps and on a new connection each time, writing one JSON
-// line per request to stdout.
+// Command agent is agentmesh's example agent, run by the sample Pods and
+// the end-to-end tests (image ghcr.io/agentmesh/example-agent, built by
+// `make images`): a Go program that gets its identity from the files
+// agentmesh injects (through pkg/agenttls, no agentmesh code of its own)
+// and either serves HTTPS to the peers its policy allows, or calls a server
+// over and over, on a connection it keeps and on a new connection each time,
+// writing one JSON line per request to stdout.
+//
+// Its image has no shell, so `agent ls DIR` and `agent cat FILE` stand in
+// for them under `kubectl exec`.
 package main
 
 import (
@@ -17,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -48,6 +53,14 @@ func main() {
 }
 
 func run() error {
+	if len(os.Args) == 3 {
+		switch os.Args[1] {
+		case "ls":
+			return list(os.Args[2])
+		case "cat":
+			return show(os.Args[2])
+		}
+	}
 	listen := flag.String("listen", "", "serve HTTPS on this address")
 	call := flag.String("call", "", "call this https:// URL repeatedly")
 	interval := flag.Duration("interval", 200*time.Millisecond, "time between two calls")
@@ -69,6 +82,41 @@ func run() error {
 		return callForever(ctx, src, *call, *interval)
 	}
 	return errors.New("give --listen or --call")
+}
+
+// list prints the entries of dir, as `ls -l` would, without following the
+// kubelet's ..data symlink.
+func list(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		line := fmt.Sprintf("%s %8d %s", info.Mode(), info.Size(), e.Name())
+		if info.Mode()&os.ModeSymlink != 0 {
+			if target, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil {
+				line += " -> " + target
+			}
+		}
+		fmt.Println(line)
+	}
+	return nil
+}
+
+// show copies a file to stdout. Nothing checks what it prints: `cat` on
+// tls.key prints the key, as cat would, to whoever may exec in the Pod.
+func show(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	_, err = io.Copy(os.Stdout, f)
+	return err
 }
 
 func serve(ctx context.Context, src *agenttls.Source, addr string, logger *slog.Logger) error {
