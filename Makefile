@@ -76,7 +76,7 @@ verify: manifests generate ## Fail when generated files are stale or code is not
 
 .PHONY: test
 test: tools build images ## Run unit, integration and end-to-end tests against a real kube-apiserver, etcd and (as root) kubelet, built from source.
-	go test ./... $(GO_TEST_FLAGS)
+	go test -timeout 45m ./... $(GO_TEST_FLAGS)
 
 .PHONY: bench
 bench: tools build ## Benchmark bin/manager against a local control plane (BENCH_N=10000 identities by default); table in bin/bench/results.md.
@@ -84,7 +84,7 @@ bench: tools build ## Benchmark bin/manager against a local control plane (BENCH
 
 .PHONY: test-e2e
 test-e2e: tools images ## Run only the end-to-end suite: manager process, webhooks, agents as real Pods on the local node doing mTLS through rotations.
-	go test ./test/e2e/ -count=1 -v $(GO_TEST_FLAGS)
+	go test -timeout 45m ./test/e2e/ -count=1 -v $(GO_TEST_FLAGS)
 
 ##@ Build
 

@@ -621,3 +621,14 @@ func poll(ctx context.Context, timeout time.Duration, what string, f func() erro
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// ProjectedVolumeDir is where the kubelet of the node wrote a Pod's
+// projected volume: <root-dir>/pods/<uid>/volumes/kubernetes.io~projected/
+// <volume>, a directory of symlinks into the ..data directory it swaps on
+// every update. It is empty without a node.
+func (c *Cluster) ProjectedVolumeDir(pod *corev1.Pod, volume string) string {
+	if c.node == nil {
+		return ""
+	}
+	return c.node.path("kubelet", "root", "pods", string(pod.UID), "volumes", "kubernetes.io~projected", volume)
+}

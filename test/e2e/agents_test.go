@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,16 +42,43 @@ func identity(name string) *mtlsv1alpha1.AgentIdentity {
 	}
 }
 
-func agentPod(name string, args ...string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: name,
-			Labels: map[string]string{mtlsv1alpha1.LabelIdentity: name}},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: name,
-			Containers:         []corev1.Container{{Name: "agent", Image: agentImage, Command: append([]string{"agent"}, args...)}},
+// appLabel names an agent's Deployment on its Pods.
+const appLabel = "app.kubernetes.io/name"
+
+// agentDeployment runs the example agent image with args as replicas Pods
+// of a Deployment that opt in to the identity name (and run as its service
+// account). hostNetwork: the node has no Pod network.
+func agentDeployment(name string, replicas int32, args ...string) *appsv1.Deployment {
+	labels := map[string]string{appLabel: name}
+	podLabels := map[string]string{appLabel: name, mtlsv1alpha1.LabelIdentity: name}
+	no, yes, uid := false, true, int64(65532)
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: name,
+					HostNetwork:        true,
+					// Stop at once: the agents hold no state.
+					TerminationGracePeriodSeconds: ptr(int64(1)),
+					Containers: []corev1.Container{{
+						Name: "agent", Image: agentImage, ImagePullPolicy: corev1.PullIfNotPresent, Args: args,
+						SecurityContext: &corev1.SecurityContext{
+							RunAsNonRoot: &yes, RunAsUser: &uid, AllowPrivilegeEscalation: &no, ReadOnlyRootFilesystem: &yes,
+							Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+							SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+						},
+					}},
+				},
+			},
 		},
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func workerPolicy(allowed ...string) *mtlsv1alpha1.AgentTrustPolicy {
 	return &mtlsv1alpha1.AgentTrustPolicy{
@@ -84,13 +114,13 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := fmt.Sprintf("https://127.0.0.1:%d/", port)
-	for _, p := range []*corev1.Pod{
-		agentPod("worker", "--listen", fmt.Sprintf("127.0.0.1:%d", port)),
-		agentPod("planner", "--call", url, "--interval", "200ms"),
-		agentPod("outsider", "--call", url, "--interval", "500ms"),
+	for _, d := range []*appsv1.Deployment{
+		agentDeployment("worker", 1, "--listen", fmt.Sprintf("127.0.0.1:%d", port)),
+		agentDeployment("planner", 1, "--call", url, "--interval", "200ms"),
+		agentDeployment("outsider", 1, "--call", url, "--interval", "500ms"),
 	} {
-		if err := k8s.Create(ctx, p); err != nil {
-			t.Fatalf("creating Pod %s: %v", p.Name, err)
+		if err := k8s.Create(ctx, d); err != nil {
+			t.Fatalf("creating Deployment %s: %v", d.Name, err)
 		}
 	}
 	// start is the planner's first successful call. The three Pods start in
@@ -100,7 +130,7 @@ func TestEndToEnd(t *testing.T) {
 	var start time.Time
 
 	t.Run("planner reaches worker, outsider is refused", func(t *testing.T) {
-		eventually(t, 60*time.Second, "the planner's first successful calls", func() error {
+		eventually(t, 90*time.Second, "the planner's first successful calls", func() error {
 			ok := 0
 			for _, r := range results(t, "planner") {
 				if r.OK && r.Reply.Server == id("worker") && r.Reply.Client == id("planner") {
@@ -139,15 +169,50 @@ func TestEndToEnd(t *testing.T) {
 		})
 		// The worker says why, naming both identities and the policy.
 		want := "agentmesh: ingress policy of " + id("worker") + " does not allow " + id("outsider") + " (policies: worker-ingress)"
-		if log := logOf("worker"); !strings.Contains(log, want) {
+		if log := logOf(t, podOf(t, "worker")); !strings.Contains(log, want) {
 			t.Errorf("the worker's log does not contain %q:\n%s", want, tail(log, 2000))
 		}
 	})
 
+	t.Run("the kubelet projected the files", func(t *testing.T) {
+		pod := podOf(t, "planner")
+		if pod.Spec.NodeName != cluster.NodeName {
+			t.Errorf("the planner runs on %q", pod.Spec.NodeName)
+		}
+		dir := volumeDir(t, "planner")
+		data, err := os.Readlink(filepath.Join(dir, "..data"))
+		if err != nil || !strings.HasPrefix(data, "..20") {
+			t.Errorf("%s/..data: %q, %v (the kubelet's atomic writer links it to a timestamped directory)", dir, data, err)
+		}
+		for _, f := range []string{"tls.crt", "tls.key", "bundle.pem", "policy.json"} {
+			if target, err := os.Readlink(filepath.Join(dir, f)); err != nil || target != "..data/"+f {
+				t.Errorf("%s: %q, %v", f, target, err)
+			}
+		}
+		// The certificate the kubelet projected is the one in the Secret.
+		sec := &corev1.Secret{}
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: "planner-tls"}, sec); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 2*kubeletSync, "the projected tls.crt matches the Secret", func() error {
+			b, err := os.ReadFile(filepath.Join(dir, "tls.crt"))
+			if err != nil {
+				return err
+			}
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: "planner-tls"}, sec); err != nil {
+				return err
+			}
+			if !bytes.Equal(b, sec.Data["tls.crt"]) {
+				return errors.New("differs")
+			}
+			return nil
+		})
+	})
+
 	t.Run("a policy change lets the outsider in without restarts", func(t *testing.T) {
-		pids := map[string]int{}
+		uids := map[string]types.UID{}
 		for _, name := range []string{"worker", "outsider"} {
-			pids[name] = runner.Processes(name)[0].Cmd.Process.Pid
+			uids[name] = podOf(t, name).UID
 		}
 		p := &mtlsv1alpha1.AgentTrustPolicy{}
 		if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: "worker-ingress"}, p); err != nil {
@@ -159,7 +224,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 		changed := time.Now()
 		var admitted time.Time
-		eventually(t, 15*time.Second, "the outsider gets through", func() error {
+		// The kubelet brings the new policy.json within a sync period.
+		eventually(t, 3*kubeletSync, "the outsider gets through", func() error {
 			for _, r := range results(t, "outsider") {
 				if r.OK && r.Time.After(changed) {
 					admitted = r.Time
@@ -169,10 +235,10 @@ func TestEndToEnd(t *testing.T) {
 			return fmt.Errorf("no success since the change")
 		})
 		t.Logf("the outsider got through %s after the policy change", admitted.Sub(changed).Round(time.Millisecond))
-		for name, pid := range pids {
-			procs := runner.Processes(name)
-			if len(procs) != 1 || procs[0].Cmd.Process.Pid != pid {
-				t.Errorf("%s was restarted", name)
+		for name, uid := range uids {
+			pod := podOf(t, name)
+			if pod.UID != uid || len(pod.Status.ContainerStatuses) != 1 || pod.Status.ContainerStatuses[0].RestartCount != 0 {
+				t.Errorf("%s was restarted: %+v", name, pod.Status.ContainerStatuses)
 			}
 		}
 	})
@@ -202,8 +268,8 @@ func TestEndToEnd(t *testing.T) {
 		assertNoFailures(t, "planner", start)
 	})
 
-	t.Run("python and openssl use the same files", func(t *testing.T) {
-		dir := runner.VolumeDir("planner", mtlsv1alpha1.VolumeName)
+	t.Run("python and openssl read the files the kubelet wrote", func(t *testing.T) {
+		dir := volumeDir(t, "planner")
 		out := run(t, "python3", filepath.Join(repoRoot(t), "test", "e2e", "testdata", "client.py"), url,
 			filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "bundle.pem"))
 		if !strings.Contains(out, "server spiffe ID: "+id("worker")) || !strings.Contains(out, `"client": "`+id("planner")+`"`) {
@@ -220,7 +286,7 @@ func TestEndToEnd(t *testing.T) {
 
 		// openssl s_server with the worker's files, called by a Go agent
 		// with the planner's files.
-		wdir := runner.VolumeDir("worker", mtlsv1alpha1.VolumeName)
+		wdir := volumeDir(t, "worker")
 		sport, err := cluster.FreePort()
 		if err != nil {
 			t.Fatal(err)
@@ -269,7 +335,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("an emergency rotation stops trusting the compromised CA", func(t *testing.T) {
-		dir := runner.VolumeDir("planner", mtlsv1alpha1.VolumeName)
+		dir := volumeDir(t, "planner")
 		oldCert, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
 		if err != nil {
 			t.Fatal(err)
@@ -287,7 +353,7 @@ func TestEndToEnd(t *testing.T) {
 		if st.Reason != "" || len(st.Retired) != 0 {
 			t.Errorf("after the emergency rotation: %+v", st)
 		}
-		eventually(t, 20*time.Second, "the worker refuses a leaf of the compromised CA", func() error {
+		eventually(t, 3*kubeletSync, "the worker refuses a leaf of the compromised CA", func() error {
 			if err := handshake(port, oldCert); err == nil {
 				return fmt.Errorf("the worker still accepts a leaf of the compromised CA")
 			}
@@ -322,42 +388,67 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		eurl := fmt.Sprintf("https://127.0.0.1:%d/", eport)
-		server := agentPod("edge-server", "--listen", fmt.Sprintf("127.0.0.1:%d", eport))
-		clients := []*corev1.Pod{agentPod("edge-client", "--call", eurl, "--interval", "300ms"), agentPod("edge-client", "--call", eurl, "--interval", "300ms")}
-		for i, c := range clients {
-			c.Name = fmt.Sprintf("edge-client-%d", i)
-		}
-		for _, p := range append([]*corev1.Pod{server}, clients...) {
-			if err := k8s.Create(ctx, p); err != nil {
-				t.Fatalf("creating Pod %s: %v", p.Name, err)
+		server := agentDeployment("edge-server", 1, "--listen", fmt.Sprintf("127.0.0.1:%d", eport))
+		clients := agentDeployment("edge-client", 2, "--call", eurl, "--interval", "300ms")
+		for _, d := range []*appsv1.Deployment{server, clients} {
+			if err := k8s.Create(ctx, d); err != nil {
+				t.Fatalf("creating Deployment %s: %v", d.Name, err)
 			}
 		}
-		got := &corev1.Pod{}
-		if err := k8s.Get(ctx, client.ObjectKeyFromObject(server), got); err != nil {
-			t.Fatal(err)
+		var pods []corev1.Pod
+		eventually(t, 60*time.Second, "two edge-client Pods", func() error {
+			if pods = podsOf(t, "edge-client"); len(pods) != 2 {
+				return fmt.Errorf("%d Pods", len(pods))
+			}
+			return nil
+		})
+		var src *corev1.PodCertificateProjection
+		for _, v := range pods[0].Spec.Volumes {
+			if v.Name == mtlsv1alpha1.VolumeName && v.Projected != nil {
+				src = v.Projected.Sources[0].PodCertificate
+			}
 		}
-		if src := got.Spec.Volumes[0].Projected.Sources[0].PodCertificate; src == nil || src.SignerName != mtlsv1alpha1.PodCertificateSignerName || src.KeyType != "ECDSAP256" {
-			t.Fatalf("the Pod was not injected with a podCertificate projection: %+v", got.Spec.Volumes)
+		if src == nil || src.SignerName != mtlsv1alpha1.PodCertificateSignerName || src.KeyType != "ECDSAP256" {
+			t.Fatalf("the Pod was not injected with a podCertificate projection: %+v", pods[0].Spec.Volumes)
 		}
 		serials := map[string]string{}
-		for _, c := range clients {
-			eventually(t, 60*time.Second, c.Name+" reaches edge-server", func() error {
-				for _, r := range results(t, c.Name) {
+		keys := map[string][]byte{}
+		for _, p := range pods {
+			eventually(t, 90*time.Second, p.Name+" reaches edge-server", func() error {
+				for _, r := range parseResults(logOf(t, &p)) {
 					if r.OK && r.Reply.Server == id("edge-server") && r.Reply.Client == id("edge-client") {
-						serials[c.Name] = r.Reply.ClientSerial
+						serials[p.Name] = r.Reply.ClientSerial
 						return nil
 					}
 				}
 				return fmt.Errorf("no successful call")
 			})
+			// The kubelet generated the key and wrote it with the chain
+			// agentmesh signed.
+			key, err := os.ReadFile(filepath.Join(env.ProjectedVolumeDir(&p, mtlsv1alpha1.VolumeName), "tls.key"))
+			if err != nil || !bytes.Contains(key, []byte("PRIVATE KEY")) {
+				t.Errorf("%s: the kubelet's key file: %v", p.Name, err)
+			}
+			keys[p.Name] = key
 		}
-		if serials["edge-client-0"] == serials["edge-client-1"] {
+		if serials[pods[0].Name] == serials[pods[1].Name] {
 			t.Error("the two replicas presented the same certificate")
 		}
-		key0, err0 := os.ReadFile(filepath.Join(runner.VolumeDir("edge-client-0", mtlsv1alpha1.VolumeName), "tls.key"))
-		key1, err1 := os.ReadFile(filepath.Join(runner.VolumeDir("edge-client-1", mtlsv1alpha1.VolumeName), "tls.key"))
-		if err0 != nil || err1 != nil || bytes.Equal(key0, key1) {
-			t.Errorf("the replicas' keys: %v %v, equal %v", err0, err1, bytes.Equal(key0, key1))
+		if bytes.Equal(keys[pods[0].Name], keys[pods[1].Name]) {
+			t.Error("the two replicas have the same key")
+		}
+		reqs := &certificatesv1.PodCertificateRequestList{}
+		if err := k8s.List(ctx, reqs, client.InNamespace(agentsNamespace)); err != nil {
+			t.Fatal(err)
+		}
+		byPod := map[string]bool{}
+		for _, r := range reqs.Items {
+			if r.Spec.SignerName == mtlsv1alpha1.PodCertificateSignerName && r.Spec.NodeName == cluster.NodeName {
+				byPod[r.Spec.PodName] = true
+			}
+		}
+		if !byPod[pods[0].Name] || !byPod[pods[1].Name] {
+			t.Errorf("the kubelet's PodCertificateRequests name the Pods %v, want %s and %s", byPod, pods[0].Name, pods[1].Name)
 		}
 		for _, name := range []string{"edge-client-tls", "edge-server-tls"} {
 			if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: name}, &corev1.Secret{}); err == nil {
@@ -469,7 +560,7 @@ func annotateCA(t *testing.T, value string) {
 func waitRotation(t *testing.T, from string) string {
 	t.Helper()
 	var to string
-	eventually(t, 120*time.Second, "the rotation completes", func() error {
+	eventually(t, 180*time.Second, "the rotation completes", func() error {
 		s := caStatus(t)
 		if s.Phase != ca.PhaseStable || s.Active.Serial == from || s.Progress.IdentitiesOnActive != s.Progress.Identities ||
 			s.Progress.BundlesCurrent != s.Progress.Bundles || len(s.Retired) != 0 {

@@ -1,18 +1,21 @@
 // Package e2e proves the whole path: the manager binary as a process
-// against a local control plane with the webhooks registered, agent Pods
-// mutated by the webhook and run by a local pod runner that lays out their
-// volumes as the kubelet does, and real agent processes doing mTLS under
-// an AgentTrustPolicy, through leaf and CA rotations.
+// against a local cluster with the webhooks registered, and agents as real
+// Pods on the local node (a kubelet with containerd and runc), created from
+// Deployments so the webhook sees what a controller sends, reading the
+// files the kubelet projected and doing mTLS under an AgentTrustPolicy,
+// through leaf and CA rotations. It needs root, as the node does.
 package e2e
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -23,15 +26,21 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/operator"
 	"github.com/agentmesh/agentmesh/test/cluster"
-	"github.com/agentmesh/agentmesh/test/e2e/podrunner"
 )
 
 const (
 	operatorNamespace = "agentmesh-system"
 	agentsNamespace   = "agents"
-	agentImage        = "agentmesh-e2e-agent"
+	// kubeletSync is the node's syncFrequency, which is how often the
+	// kubelet refreshes projected Secrets and ConfigMaps (a refresh lands
+	// 5-14 s after a change at 10 s).
+	kubeletSync = 10 * time.Second
+	// caGrace is the operator's --ca-propagation-grace: longer than the
+	// kubelet's slowest refresh.
+	caGrace = 25 * time.Second
 )
 
 var (
@@ -40,10 +49,10 @@ var (
 	cs         kubernetes.Interface
 	manager    *cluster.Manager
 	managerLog *syncFile
-	runner     *podrunner.Runner
 	kubeconfig string
 	workDir    string
 	agentBin   string
+	agentImage string
 )
 
 // syncFile is a log file written by the manager and read by the tests.
@@ -82,6 +91,20 @@ func runSuite(m *testing.M) int {
 	if err != nil {
 		return fail(err)
 	}
+	if os.Geteuid() != 0 {
+		return fail(errors.New("the end-to-end suite runs its agents on the local node, which needs root (containerd and the kubelet mount filesystems)"))
+	}
+	// The images the node runs, from the code as it is now.
+	if err := cluster.BuildImages(root, cluster.ImagesDir(root)); err != nil {
+		return fail(err)
+	}
+	tag, err := cluster.ImageTag(root)
+	if err != nil {
+		return fail(err)
+	}
+	agentImage = cluster.AgentImage.Ref(tag)
+	// The same agent as a local binary, for the calls the tests make from
+	// outside the node.
 	managerBin := filepath.Join(workDir, "manager")
 	agentBin = filepath.Join(workDir, "agent")
 	for bin, pkg := range map[string]string{managerBin: "./cmd/manager", agentBin: "./examples/agent"} {
@@ -92,8 +115,13 @@ func runSuite(m *testing.M) int {
 		}
 	}
 
-	if env, err = cluster.Start(cluster.Options{ControllerManager: true}); err != nil {
+	nodeLog, err := os.Create(filepath.Join(workDir, "cluster.log"))
+	if err != nil {
 		return fail(err)
+	}
+	defer func() { _ = nodeLog.Close() }()
+	if env, err = cluster.Start(cluster.Options{Output: nodeLog, Node: &cluster.NodeOptions{SyncFrequency: kubeletSync}}); err != nil {
+		return fail(fmt.Errorf("%w (the cluster's log: %s)", err, nodeLog.Name()))
 	}
 	defer func() { _ = env.Stop() }()
 	kubeconfig = filepath.Join(workDir, "kubeconfig")
@@ -132,7 +160,7 @@ func runSuite(m *testing.M) int {
 		Args: []string{
 			// The highest verbosity: the logs are searched for key material.
 			"--zap-log-level=10",
-			"--ca-propagation-grace=3s",
+			"--ca-propagation-grace=" + caGrace.String(),
 			"--ca-reissue-rate=50",
 		},
 	})
@@ -146,38 +174,67 @@ func runSuite(m *testing.M) int {
 		return fail(err)
 	}
 
-	runCtx, stopRunner := context.WithCancel(ctx)
-	runner = &podrunner.Runner{Client: cs, Namespace: agentsNamespace, Dir: filepath.Join(workDir, "pods"),
-		Images: map[string]string{agentImage: agentBin}}
-	runnerDone := make(chan error, 1)
-	go func() { runnerDone <- runner.Run(runCtx) }()
-	defer func() {
-		stopRunner()
-		if err := <-runnerDone; err != nil {
-			fmt.Fprintln(os.Stderr, "e2e: pod runner:", err)
-		}
-	}()
 	code := m.Run()
 	if code != 0 {
-		fmt.Fprintln(os.Stderr, "e2e: the manager's log is in", filepath.Join(workDir, "manager.log"), "(AGENTMESH_E2E_KEEP=1 keeps it)")
+		fmt.Fprintln(os.Stderr, "e2e: the manager's and the cluster's logs are in", workDir, "(AGENTMESH_E2E_KEEP=1 keeps them)")
 	}
 	return code
 }
 
-// results reads the JSON lines a calling agent wrote.
-func results(t *testing.T, podName string) []Result {
+// podsOf lists the Pods of an agent's Deployment, oldest first.
+func podsOf(t *testing.T, deployment string) []corev1.Pod {
 	t.Helper()
-	procs := runner.Processes(podName)
-	if len(procs) == 0 {
-		return nil
-	}
-	f, err := os.Open(procs[0].Log)
+	pods, err := cs.CoreV1().Pods(agentsNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: appLabel + "=" + deployment})
 	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Slice(pods.Items, func(i, j int) bool {
+		return pods.Items[i].CreationTimestamp.Before(&pods.Items[j].CreationTimestamp) ||
+			pods.Items[i].CreationTimestamp.Equal(&pods.Items[j].CreationTimestamp) && pods.Items[i].Name < pods.Items[j].Name
+	})
+	return pods.Items
+}
+
+// podOf is the one running Pod of an agent's Deployment.
+func podOf(t *testing.T, deployment string) *corev1.Pod {
+	t.Helper()
+	var running []corev1.Pod
+	for _, p := range podsOf(t, deployment) {
+		if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			running = append(running, p)
+		}
+	}
+	if len(running) != 1 {
+		t.Fatalf("%s: %d running Pods, want 1", deployment, len(running))
+	}
+	return &running[0]
+}
+
+// logOf is the log of a Pod's agent container, read through the API server
+// from the kubelet.
+func logOf(t *testing.T, pod *corev1.Pod) string {
+	t.Helper()
+	b, err := cs.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: "agent"}).DoRaw(context.Background())
+	if err != nil && pod.Status.Phase == corev1.PodRunning {
+		// Before its container starts, a Pod has no log yet.
+		t.Logf("the log of Pod %s: %v", pod.Name, err)
+	}
+	return string(b)
+}
+
+// results reads the JSON lines the calling agent of a Deployment wrote.
+func results(t *testing.T, deployment string) []Result {
+	t.Helper()
+	pods := podsOf(t, deployment)
+	if len(pods) == 0 {
 		return nil
 	}
-	defer func() { _ = f.Close() }()
+	return parseResults(logOf(t, &pods[0]))
+}
+
+func parseResults(log string) []Result {
 	var out []Result
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(strings.NewReader(log))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Bytes()
@@ -190,6 +247,13 @@ func results(t *testing.T, podName string) []Result {
 		}
 	}
 	return out
+}
+
+// volumeDir is the agentmesh volume of a Deployment's running Pod, as the
+// kubelet wrote it on the node.
+func volumeDir(t *testing.T, deployment string) string {
+	t.Helper()
+	return env.ProjectedVolumeDir(podOf(t, deployment), mtlsv1alpha1.VolumeName)
 }
 
 // Result mirrors the agent's JSON lines.
@@ -217,14 +281,6 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %s: %v", what, timeout, err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond)
 	}
-}
-
-func logOf(podName string) string {
-	var b strings.Builder
-	for _, p := range runner.Processes(podName) {
-		b.WriteString(podrunner.ReadLog(p))
-	}
-	return b.String()
 }
