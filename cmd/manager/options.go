@@ -65,7 +65,8 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 	fs.Float64Var(&o.caRotateAt, "ca-rotate-at", 0.5,
 		"Share of its lifetime after which a CA the operator created is rotated (the next CA is prepared); 0 turns scheduled rotation off.")
 	fs.DurationVar(&o.caGrace, "ca-propagation-grace", 2*time.Minute,
-		"During a CA rotation, how long after every trust bundle holds the next CA it starts signing (time for the kubelet to update mounted files).")
+		"During a CA rotation, the time the kubelet is given to update mounted files, twice: after every trust bundle holds the next CA, before it signs; "+
+			"and after every identity is reissued, before the previous CA leaves the bundles (not in an emergency rotation).")
 	fs.Float64Var(&o.caReissueRate, "ca-reissue-rate", 20,
 		"Certificates reissued per second under the new CA after a rotation (an emergency rotation is not limited).")
 	fs.IntVar(&o.keyWorkers, "key-workers", 1,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,15 @@ func TestNode(t *testing.T) {
 			t.Logf("the cluster's log, last 8 KiB:\n%s", b[max(0, len(b)-8192):])
 		}
 	}()
-	c, err := Start(Options{Output: logFile, Node: &NodeOptions{SyncFrequency: 5 * time.Second}})
+	// AGENTMESH_NODE_SYNC measures another syncFrequency (e.g. 1m, the
+	// kubelet's default).
+	sync := 5 * time.Second
+	if v := os.Getenv("AGENTMESH_NODE_SYNC"); v != "" {
+		if sync, err = time.ParseDuration(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := Start(Options{Output: logFile, Node: &NodeOptions{SyncFrequency: sync}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +123,7 @@ func TestNode(t *testing.T) {
 	if len(mountsUnder(dir)) == 0 {
 		t.Error("the kubelet mounted nothing under the node's directory")
 	}
+	measureRefresh(ctx, t, c, cs, tag, sync)
 
 	if err := c.Stop(); err != nil {
 		t.Errorf("Stop: %v", err)
@@ -133,4 +143,70 @@ func TestNode(t *testing.T) {
 			t.Errorf("a process of the node is left: %s", strings.ReplaceAll(string(b), "\x00", " "))
 		}
 	}
+}
+
+// measureRefresh runs a Pod that projects a Secret, changes the Secret three
+// times, and measures how long the kubelet takes to swap the volume's
+// ..data link each time: the delay a CA rotation's grace must cover.
+func measureRefresh(ctx context.Context, t *testing.T, c *Cluster, cs kubernetes.Interface, tag string, sync time.Duration) {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: "node-test"},
+		Spec: corev1.PodSpec{
+			HostNetwork: true,
+			// The example agent with neither --listen nor --call exits: the
+			// pause image holds the volume instead.
+			Containers: []corev1.Container{{Name: "pause", Image: PauseImage.Ref(tag), ImagePullPolicy: corev1.PullIfNotPresent,
+				VolumeMounts: []corev1.VolumeMount{{Name: "files", MountPath: "/files"}}}},
+			Volumes: []corev1.Volume{{Name: "files", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources: []corev1.VolumeProjection{{Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "files"}}}}}}}},
+		},
+	}
+	created, err := cs.CoreV1().Pods("node-test").Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(ctx, 60*time.Second, "the sleeper runs", func() error {
+		p, err := cs.CoreV1().Pods("node-test").Get(ctx, "sleeper", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.Phase != corev1.PodRunning {
+			return errorf("phase %s", p.Status.Phase)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dir := c.ProjectedVolumeDir(created, "files")
+	var delays []time.Duration
+	for i := 0; i < 3; i++ {
+		before, err := os.Readlink(filepath.Join(dir, "..data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		value := "update " + strconv.Itoa(i)
+		changed := time.Now()
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "files", Namespace: "node-test"}, StringData: map[string]string{"hello": value}}
+		if _, err := cs.CoreV1().Secrets("node-test").Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// The kubelet promises a refresh within its sync period plus the
+		// cache's TTL; allow twice the period and a margin.
+		if err := poll(ctx, 2*sync+30*time.Second, "the kubelet swaps ..data", func() error {
+			now, err := os.Readlink(filepath.Join(dir, "..data"))
+			if err != nil || now == before {
+				return errorf("still %s", before)
+			}
+			b, err := os.ReadFile(filepath.Join(dir, "hello"))
+			if err != nil || string(b) != value {
+				return errorf("hello is %q, %v", b, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		delays = append(delays, time.Since(changed).Round(100*time.Millisecond))
+	}
+	t.Logf("kubelet syncFrequency %s: a changed Secret reached the Pod's volume after %v", sync, delays)
 }
