@@ -38,9 +38,10 @@ type Options struct {
 	// controllers a local cluster needs: garbage collection (owner
 	// references), namespace deletion, and the default service accounts.
 	ControllerManager bool
-	// Node, when set, also starts a node (containerd and a kubelet, node1)
-	// that runs the Pods, with kube-controller-manager (implied). It needs
-	// root, runc, the CNI loopback plugin and the images of `make images`.
+	// Node, when set, also starts nodes (each containerd and a kubelet:
+	// node1 on 127.0.0.1, node2 on 127.0.0.2, ...) that run the Pods, with
+	// kube-controller-manager and kube-scheduler (implied). It needs root,
+	// runc, the CNI loopback plugin and the images of `make images`.
 	Node *NodeOptions
 	// TransformCRD, when set, changes each CRD of config/crd/bases before it
 	// is installed (tests use it to install a CRD without validation).
@@ -59,7 +60,7 @@ type Cluster struct {
 	kcm       *process
 	scheduler *process
 	kcmDir    string
-	node      *node
+	nodes     []*node
 }
 
 // RepoRoot finds the repository root by walking up from the working
@@ -171,7 +172,7 @@ func Start(opts Options) (*Cluster, error) {
 		}
 	}
 	if opts.Node != nil {
-		if err := c.startNode(context.Background(), *opts.Node, assets, opts.Output); err != nil {
+		if err := c.startNodes(context.Background(), *opts.Node, assets, opts.Output); err != nil {
 			_ = c.Stop()
 			return nil, err
 		}
@@ -246,10 +247,10 @@ func readCRDs(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	return crds, nil
 }
 
-// Stop stops the node (see stopNode), kube-controller-manager,
+// Stop stops the nodes (see stopNodes), kube-controller-manager,
 // kube-apiserver and etcd and removes their data.
 func (c *Cluster) Stop() error {
-	c.stopNode()
+	c.stopNodes()
 	c.scheduler.stop(10 * time.Second)
 	c.kcm.stop(10 * time.Second)
 	c.kcm, c.scheduler = nil, nil

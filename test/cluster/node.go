@@ -23,8 +23,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
-// NodeName is the name of the local node.
+// NodeName is the name of the (first) local node.
 const NodeName = "node1"
+
+// nodeName and nodeIP are the name and loopback address of node i (from 0):
+// node1 on 127.0.0.1, node2 on 127.0.0.2, and so on. Every node is a kubelet
+// with its own containerd on the same machine; hostNetwork Pods of different
+// nodes bind the same ports on different loopback addresses.
+func nodeName(i int) string { return "node" + strconv.Itoa(i+1) }
+func nodeIP(i int) string   { return "127.0.0." + strconv.Itoa(i+1) }
 
 // ErrNotRoot is returned by Start when a node is asked for and the process
 // is not root: containerd and the kubelet mount filesystems and run
@@ -34,6 +41,8 @@ var ErrNotRoot = errors.New("cluster: the node (containerd and the kubelet) need
 // NodeOptions configure the local node: containerd with Debian's runc and
 // the CNI loopback plugin, and a kubelet registered as node1.
 type NodeOptions struct {
+	// Nodes is how many nodes to start (at most 8); 0 means 1.
+	Nodes int
 	// SyncFrequency is the kubelet's syncFrequency, which is also how often
 	// it refreshes the Secrets and ConfigMaps projected into Pods; 0 means
 	// the kubelet's default (1m).
@@ -43,6 +52,8 @@ type NodeOptions struct {
 // node is the running node: containerd and the kubelet as child processes,
 // their state under one directory.
 type node struct {
+	name       string
+	ip         string
 	dir        string
 	socket     string
 	containerd *process
@@ -120,10 +131,25 @@ func nodeAPIServerFlags() map[string]string {
 	}
 }
 
+// startNodes starts opts.Nodes nodes, one after the other.
+func (c *Cluster) startNodes(ctx context.Context, opts NodeOptions, assets string, out io.Writer) error {
+	count := max(opts.Nodes, 1)
+	if count > 8 {
+		return fmt.Errorf("cluster: %d nodes asked for, at most 8", count)
+	}
+	cleanStaleNodes(out)
+	for i := range count {
+		if err := c.startNode(ctx, i, opts, assets, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // startNode starts containerd, imports the images of ImagesDir, and starts
-// the kubelet with a node client certificate, then waits for node1 to be
-// Ready.
-func (c *Cluster) startNode(ctx context.Context, opts NodeOptions, assets string, out io.Writer) error {
+// the kubelet of node i with a node client certificate, then waits for the
+// node to be Ready.
+func (c *Cluster) startNode(ctx context.Context, i int, opts NodeOptions, assets string, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
@@ -148,7 +174,6 @@ func (c *Cluster) startNode(ctx context.Context, opts NodeOptions, assets string
 	if err != nil {
 		return err
 	}
-	cleanStaleNodes(out)
 	dir, err := os.MkdirTemp("", nodeDirPrefix)
 	if err != nil {
 		return err
@@ -156,8 +181,9 @@ func (c *Cluster) startNode(ctx context.Context, opts NodeOptions, assets string
 	if out == nil {
 		out = io.Discard
 	}
-	n := &node{dir: dir, socket: filepath.Join(dir, "containerd", "containerd.sock"), out: out, assets: assets, runc: runc, tag: tag}
-	c.node = n
+	n := &node{name: nodeName(i), ip: nodeIP(i), dir: dir, socket: filepath.Join(dir, "containerd", "containerd.sock"),
+		out: out, assets: assets, runc: runc, tag: tag}
+	c.nodes = append(c.nodes, n)
 	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return err
 	}
@@ -215,14 +241,15 @@ state = %q
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         SystemdCgroup = false
         BinaryName = %q
+        Root = %q
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = [%q]
     conf_dir = %q
 
 [plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
+  stream_server_address = %q
 `, n.path("containerd/root"), n.path("containerd/state"), n.socket, n.path("containerd/opt"),
-		PauseImage.Ref(n.tag), n.runc, filepath.Dir(cniLoopback), n.path("cni/net.d"))
+		PauseImage.Ref(n.tag), n.runc, n.path("runc"), filepath.Dir(cniLoopback), n.path("cni/net.d"), n.ip)
 	if err := os.WriteFile(n.path("containerd/config.toml"), []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -273,7 +300,7 @@ func (c *Cluster) startKubelet(ctx context.Context, n *node, opts NodeOptions) e
 	// The kubelet authenticates as the node, so the Node authorizer and
 	// NodeRestriction limit it to its own Node and the Pods bound to it.
 	if err := c.writeKubeconfig(n.path("kubelet", "kubeconfig"),
-		envtest.User{Name: "system:node:" + NodeName, Groups: []string{"system:nodes"}}); err != nil {
+		envtest.User{Name: "system:node:" + n.name, Groups: []string{"system:nodes"}}); err != nil {
 		return err
 	}
 	port, err := FreePort()
@@ -297,10 +324,10 @@ cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false
 containerRuntimeEndpoint: unix://%s
-address: 127.0.0.1
+address: %s
 port: %d
 readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
+healthzBindAddress: %s
 healthzPort: %d
 # The API server calls the kubelet (logs, exec) without a client
 # certificate: anonymous requests on loopback, allowed.
@@ -317,7 +344,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 # No KUBE-FIREWALL chains in the machine's iptables.
 makeIPTablesUtilChains: false
-%s`, n.socket, port, healthz, n.path("kubelet", "pod-logs"), n.path("kubelet", "volume-plugins"), sync)
+%s`, n.socket, n.ip, port, n.ip, healthz, n.path("kubelet", "pod-logs"), n.path("kubelet", "volume-plugins"), sync)
 	if err := os.WriteFile(n.path("kubelet", "config.yaml"), []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -326,8 +353,8 @@ makeIPTablesUtilChains: false
 		"--kubeconfig="+n.path("kubelet", "kubeconfig"),
 		"--root-dir="+n.path("kubelet", "root"),
 		"--cert-dir="+n.path("kubelet", "pki"),
-		"--node-ip=127.0.0.1",
-		"--hostname-override="+NodeName,
+		"--node-ip="+n.ip,
+		"--hostname-override="+n.name,
 		"--v=1",
 	)
 	if err != nil {
@@ -338,27 +365,27 @@ makeIPTablesUtilChains: false
 	if err != nil {
 		return err
 	}
-	if err := poll(ctx, 60*time.Second, "node "+NodeName+" registers", func() error {
+	if err := poll(ctx, 60*time.Second, "node "+n.name+" registers", func() error {
 		if p.exited() {
 			return errStop{errors.New("the kubelet exited; see the node's log")}
 		}
-		_, err := cs.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		_, err := cs.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		return err
 	}); err != nil {
 		return err
 	}
 	// The kubelet refuses a loopback node IP ("nodeIP can't be loopback")
 	// and then leaves the addresses alone: set them once, so the API
-	// server reaches the kubelet (logs, exec) at 127.0.0.1.
-	patch := `{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"},{"type":"Hostname","address":"` + NodeName + `"}]}}`
-	if _, err := cs.CoreV1().Nodes().Patch(ctx, NodeName, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+	// server reaches the kubelet (logs, exec) at its loopback address.
+	patch := `{"status":{"addresses":[{"type":"InternalIP","address":"` + n.ip + `"},{"type":"Hostname","address":"` + n.name + `"}]}}`
+	if _, err := cs.CoreV1().Nodes().Patch(ctx, n.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
 		return fmt.Errorf("cluster: setting the node's addresses: %w", err)
 	}
-	return poll(ctx, 90*time.Second, "node "+NodeName+" is Ready and untainted", func() error {
+	return poll(ctx, 90*time.Second, "node "+n.name+" is Ready and untainted", func() error {
 		if p.exited() {
 			return errStop{errors.New("the kubelet exited; see the node's log")}
 		}
-		nd, err := cs.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		nd, err := cs.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -374,20 +401,26 @@ makeIPTablesUtilChains: false
 	})
 }
 
-// stop deletes every Pod bound to the node while the kubelet runs (so it
-// stops their containers and unmounts their volumes), stops the kubelet,
-// kills what containers are left and their shims, stops containerd, and
-// unmounts whatever is still mounted under the node's directory before
-// removing it.
-func (c *Cluster) stopNode() {
-	n := c.node
-	if n == nil {
-		return
+// stopNodes deletes every Pod bound to a node while the kubelets run (so
+// they stop their containers and unmount their volumes), then stops each
+// node.
+func (c *Cluster) stopNodes() {
+	nodes := c.nodes
+	c.nodes = nil
+	for _, n := range nodes {
+		if n.kubelet != nil && !n.kubelet.exited() {
+			c.drainNode(n)
+		}
 	}
-	c.node = nil
-	if n.kubelet != nil && !n.kubelet.exited() {
-		c.drainNode(n)
+	for _, n := range nodes {
+		n.stop()
 	}
+}
+
+// stop stops the kubelet, kills what containers are left and their shims,
+// stops containerd, and unmounts whatever is still mounted under the node's
+// directory before removing it.
+func (n *node) stop() {
 	n.kubelet.stop(15 * time.Second)
 	if n.containerd != nil && !n.containerd.exited() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -415,7 +448,7 @@ func (c *Cluster) drainNode(n *node) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sel := metav1.ListOptions{FieldSelector: "spec.nodeName=" + NodeName}
+	sel := metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.name}
 	pods, err := cs.CoreV1().Pods("").List(ctx, sel)
 	if err != nil {
 		return
@@ -622,13 +655,44 @@ func poll(ctx context.Context, timeout time.Duration, what string, f func() erro
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
-// ProjectedVolumeDir is where the kubelet of the node wrote a Pod's
+// ProjectedVolumeDir is where the kubelet of the Pod's node wrote a Pod's
 // projected volume: <root-dir>/pods/<uid>/volumes/kubernetes.io~projected/
 // <volume>, a directory of symlinks into the ..data directory it swaps on
 // every update. It is empty without a node.
 func (c *Cluster) ProjectedVolumeDir(pod *corev1.Pod, volume string) string {
-	if c.node == nil {
-		return ""
+	for _, n := range c.nodes {
+		if n.name == pod.Spec.NodeName {
+			return n.path("kubelet", "root", "pods", string(pod.UID), "volumes", "kubernetes.io~projected", volume)
+		}
 	}
-	return c.node.path("kubelet", "root", "pods", string(pod.UID), "volumes", "kubernetes.io~projected", volume)
+	return ""
+}
+
+// KillContainer sends SIGKILL to a container of a running Pod through its
+// node's containerd, as an out-of-memory kill or a crash would end it: the
+// process gets no chance to clean up (a leader keeps its Lease until it
+// expires). The kubelet then restarts the container as the Pod's
+// restartPolicy says.
+func (c *Cluster) KillContainer(ctx context.Context, pod *corev1.Pod, container string) error {
+	var n *node
+	for _, nd := range c.nodes {
+		if nd.name == pod.Spec.NodeName {
+			n = nd
+		}
+	}
+	if n == nil {
+		return fmt.Errorf("cluster: Pod %s/%s is on no node of this cluster", pod.Namespace, pod.Name)
+	}
+	for _, st := range pod.Status.ContainerStatuses {
+		if st.Name != container {
+			continue
+		}
+		id, ok := strings.CutPrefix(st.ContainerID, "containerd://")
+		if !ok {
+			return fmt.Errorf("cluster: container %s of Pod %s/%s has no containerd ID (%q)", container, pod.Namespace, pod.Name, st.ContainerID)
+		}
+		_, err := n.ctr(ctx, "tasks", "kill", "--signal", "SIGKILL", id)
+		return err
+	}
+	return fmt.Errorf("cluster: Pod %s/%s has no container %s", pod.Namespace, pod.Name, container)
 }

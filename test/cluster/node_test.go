@@ -14,10 +14,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// TestNode starts the local cluster with a node, runs a Pod of the example
-// agent image with a projected Secret on it, reads the Pod's log through the
-// API server (API server -> kubelet), and checks that Stop leaves no
-// process, mount or directory behind.
+// TestNode starts the local cluster with two nodes, runs a Pod of the
+// example agent image with a Secret volume on the second, reads the Pod's
+// log through the API server (API server -> kubelet on 127.0.0.2), measures
+// how fast the first node's kubelet refreshes a projected Secret, and checks
+// that Stop leaves no process, mount or directory behind.
 func TestNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the node needs root")
@@ -47,7 +48,7 @@ func TestNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err := Start(Options{Output: logFile, Node: &NodeOptions{SyncFrequency: sync}})
+	c, err := Start(Options{Output: logFile, Node: &NodeOptions{Nodes: 2, SyncFrequency: sync}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,21 +58,26 @@ func TestNode(t *testing.T) {
 			_ = c.Stop()
 		}
 	}()
-	dir := c.node.dir
+	var dirs []string
+	for _, n := range c.nodes {
+		dirs = append(dirs, n.dir)
+	}
 	cs, err := kubernetes.NewForConfig(c.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	nd, err := cs.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ip := nd.Status.Addresses; len(ip) == 0 || ip[0].Address != "127.0.0.1" {
-		t.Errorf("node addresses: %+v", ip)
-	}
-	if v := nd.Status.NodeInfo.KubeletVersion; !strings.HasPrefix(v, "v1.") {
-		t.Errorf("kubelet version %q", v)
+	for name, ip := range map[string]string{"node1": "127.0.0.1", "node2": "127.0.0.2"} {
+		nd, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := nd.Status.Addresses; len(a) == 0 || a[0].Address != ip {
+			t.Errorf("%s addresses: %+v", name, a)
+		}
+		if v := nd.Status.NodeInfo.KubeletVersion; !strings.HasPrefix(v, "v1.") {
+			t.Errorf("%s: kubelet version %q", name, v)
+		}
 	}
 	if err := EnsureNamespace(ctx, cs, "node-test"); err != nil {
 		t.Fatal(err)
@@ -90,6 +96,7 @@ func TestNode(t *testing.T) {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "cat", Namespace: "node-test"},
 		Spec: corev1.PodSpec{
+			NodeName:      "node2",
 			HostNetwork:   true,
 			RestartPolicy: corev1.RestartPolicyNever,
 			Containers: []corev1.Container{{Name: "cat", Image: AgentImage.Ref(tag), ImagePullPolicy: corev1.PullIfNotPresent,
@@ -120,8 +127,8 @@ func TestNode(t *testing.T) {
 	if err != nil || string(log) != "from the kubelet" {
 		t.Errorf("the Pod's log: %q, %v", log, err)
 	}
-	if len(mountsUnder(dir)) == 0 {
-		t.Error("the kubelet mounted nothing under the node's directory")
+	if len(mountsUnder(dirs[1])) == 0 {
+		t.Error("the kubelet of node2 mounted nothing under its directory")
 	}
 	measureRefresh(ctx, t, c, cs, tag, sync)
 
@@ -129,18 +136,19 @@ func TestNode(t *testing.T) {
 		t.Errorf("Stop: %v", err)
 	}
 	stopped = true
-	if m := mountsUnder(dir); len(m) != 0 {
-		t.Errorf("mounts left after Stop: %v", m)
-	}
-	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Errorf("the node's directory %s is left: %v", dir, err)
-	}
-	sock := filepath.Join(dir, "containerd", "containerd.sock")
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range procs {
-		b, _ := os.ReadFile(f)
-		if strings.Contains(string(b), dir) || strings.Contains(string(b), sock) {
-			t.Errorf("a process of the node is left: %s", strings.ReplaceAll(string(b), "\x00", " "))
+	for _, dir := range dirs {
+		if m := mountsUnder(dir); len(m) != 0 {
+			t.Errorf("mounts left after Stop: %v", m)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("the node's directory %s is left: %v", dir, err)
+		}
+		for _, f := range procs {
+			b, _ := os.ReadFile(f)
+			if strings.Contains(string(b), dir) {
+				t.Errorf("a process of the node is left: %s", strings.ReplaceAll(string(b), "\x00", " "))
+			}
 		}
 	}
 }
@@ -153,6 +161,7 @@ func measureRefresh(ctx context.Context, t *testing.T, c *Cluster, cs kubernetes
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: "node-test"},
 		Spec: corev1.PodSpec{
+			NodeName:    NodeName,
 			HostNetwork: true,
 			// The example agent with neither --listen nor --call exits: the
 			// pause image holds the volume instead.

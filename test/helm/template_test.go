@@ -347,6 +347,33 @@ func TestTemplateToggles(t *testing.T) {
 				}
 			},
 		},
+		"hostNetwork": {
+			values: "hostNetwork: true\nextraEnv: [{name: KUBERNETES_SERVICE_HOST, value: 10.1.2.3}]",
+			check: func(t *testing.T, objs objects) {
+				dep := &appsv1.Deployment{}
+				objs.get(t, "Deployment", "agentmesh", dep)
+				spec := dep.Spec.Template.Spec
+				if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
+					t.Errorf("hostNetwork %v, dnsPolicy %q", spec.HostNetwork, spec.DNSPolicy)
+				}
+				c := spec.Containers[0]
+				for _, want := range []string{"--webhook-host=$(POD_IP)", "--health-probe-bind-address=$(POD_IP):8081", "--metrics-bind-address=$(POD_IP):8443"} {
+					if !slices.Contains(c.Args, want) {
+						t.Errorf("args lack %s: %v", want, c.Args)
+					}
+				}
+				if len(c.Env) != 2 || c.Env[0].Name != "POD_IP" || c.Env[0].ValueFrom == nil || c.Env[0].ValueFrom.FieldRef.FieldPath != "status.podIP" ||
+					c.Env[1].Name != "KUBERNETES_SERVICE_HOST" || c.Env[1].Value != "10.1.2.3" {
+					t.Errorf("env: %+v", c.Env)
+				}
+				// $(POD_IP) is expanded by the kubelet; the flags themselves parse.
+				args := slices.Clone(c.Args)
+				for i, a := range args {
+					args[i] = strings.ReplaceAll(a, "$(POD_IP)", "127.0.0.1")
+				}
+				checkManagerAcceptsArgs(t, args)
+			},
+		},
 		"metrics disabled": {
 			values: "metrics: {enabled: false}",
 			check: func(t *testing.T, objs objects) {
