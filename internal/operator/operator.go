@@ -187,7 +187,11 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	if err != nil {
 		return nil, fmt.Errorf("creating the CA cache: %w", err)
 	}
-	if err := mgr.Add(caCache); err != nil {
+	// Every replica runs it, leader or not: the CA controller loads the CA
+	// for the webhooks everywhere. (A cache of one namespace is not the
+	// informer cache, does not say it needs no leader, and would otherwise
+	// run on the leader only: a second replica would never become ready.)
+	if err := mgr.Add(everyReplica{caCache}); err != nil {
 		return nil, err
 	}
 
@@ -358,3 +362,9 @@ func slimPod(obj any) (any, error) {
 	}
 	return slim, nil
 }
+
+// everyReplica runs a cache on every replica, not only on the leader.
+type everyReplica struct{ cache.Cache }
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable.
+func (everyReplica) NeedLeaderElection() bool { return false }

@@ -180,6 +180,31 @@ func TestInstall(t *testing.T) {
 	}
 	t.Logf("manager ready after %s", time.Since(start).Round(time.Millisecond))
 
+	// The chart runs two replicas: the one that does not lead must become
+	// ready too (it serves the webhooks), with the same flags and token.
+	t.Run("a second replica becomes ready without leading", func(t *testing.T) {
+		standbyLog, err := os.Create(filepath.Join(dir, "standby.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = standbyLog.Close() }()
+		standby, err := cluster.StartManager(cluster.ManagerOptions{Binary: managerBin, Kubeconfig: managerKubeconfig, Args: args, Output: standbyLog})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = standby.Stop(10 * time.Second) }()
+		readyCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		if err := standby.WaitReady(readyCtx); err != nil {
+			b, _ := os.ReadFile(standbyLog.Name())
+			t.Fatalf("%v\n%s", err, tail(b, 3000))
+		}
+		b, _ := os.ReadFile(standbyLog.Name())
+		if strings.Contains(string(b), "successfully acquired lease") {
+			t.Error("the second replica took the Lease from a running leader")
+		}
+	})
+
 	t.Run("manager elected, CA created, caBundle written", func(t *testing.T) {
 		lease := &coordinationv1.Lease{}
 		if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: leaseName}, lease); err != nil {
