@@ -183,7 +183,8 @@ func Start(opts Options) (*Cluster, error) {
 // startControllerManager runs kube-controller-manager against the API
 // server with an admin kubeconfig, serving nothing. With a node it also runs
 // what Pods need: Deployments and ReplicaSets, the node lifecycle (the
-// not-ready taint), EndpointSlices of Services, and the kube-root-ca.crt
+// not-ready taint), Endpoints (the API server routes to a webhook Service
+// through them) and EndpointSlices of Services, and the kube-root-ca.crt
 // ConfigMap that service account token volumes project; and kube-scheduler.
 func (c *Cluster) startControllerManager(assets string, out io.Writer, withNode bool) error {
 	dir, err := os.MkdirTemp("", "agentmesh-kcm-")
@@ -199,7 +200,7 @@ func (c *Cluster) startControllerManager(assets string, out io.Writer, withNode 
 	args := []string{"--kubeconfig=" + kubeconfig, "--leader-elect=false", "--secure-port=0",
 		"--use-service-account-credentials=false", "--concurrent-gc-syncs=5"}
 	if withNode {
-		controllers += ",deployment,replicaset,nodelifecycle,endpointslice,root-ca-cert-publisher,podgc"
+		controllers += ",deployment,replicaset,nodelifecycle,endpoint,endpointslice,root-ca-cert-publisher,podgc"
 		rootCA := filepath.Join(dir, "root-ca.crt")
 		if err := os.WriteFile(rootCA, c.Config.CAData, 0o644); err != nil {
 			return err

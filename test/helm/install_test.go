@@ -200,8 +200,8 @@ func TestInstall(t *testing.T) {
 			t.Fatalf("%v\n%s", err, tail(b, 3000))
 		}
 		b, _ := os.ReadFile(standbyLog.Name())
-		if strings.Contains(string(b), "successfully acquired lease") {
-			t.Error("the second replica took the Lease from a running leader")
+		if !strings.Contains(string(b), "Attempting to acquire leader lease") || strings.Contains(string(b), "Successfully acquired lease") {
+			t.Errorf("the second replica should wait for the Lease, not hold it:\n%s", tail(b, 2000))
 		}
 	})
 

@@ -1,0 +1,335 @@
+package helm
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/test/cluster"
+)
+
+// TestChartOnNodes installs the chart with the locally built operator image
+// on two real nodes (kubelets on 127.0.0.1 and 127.0.0.2; hostNetwork, as
+// they have no Pod network): its Pods meet PodSecurity "restricted" but for
+// what hostNetwork brings, both replicas become Ready, one on each node, one
+// holds the Lease, both serve the webhook for its Service name with a
+// certificate the caBundle trusts, and SIGKILL of the leader's container
+// loses no issuance: the other replica takes over within the lease time.
+func TestChartOnNodes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the nodes need root")
+	}
+	if err := cluster.BuildImages(root, cluster.ImagesDir(root)); err != nil {
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "cluster.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c, err := cluster.Start(cluster.Options{WithoutCRDs: true, Output: logFile, Node: &cluster.NodeOptions{Nodes: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+	})
+	t.Logf("cluster with two nodes up in %s", time.Since(start).Round(time.Millisecond))
+	admin := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	if err := c.WriteAdminKubeconfig(admin); err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(c.Config)
+	k8s := newClient(t, c.Config)
+	ctx := t.Context()
+
+	if err := cluster.EnsureNamespace(ctx, cs, releaseNamespace); err != nil {
+		t.Fatal(err)
+	}
+	api, err := url.Parse(c.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := installValues + fmt.Sprintf(`hostNetwork: true
+image: {pullPolicy: Never}
+# No kube-proxy: the operator reaches the API server at its address.
+extraEnv:
+- {name: KUBERNETES_SERVICE_HOST, value: %q}
+- {name: KUBERNETES_SERVICE_PORT, value: %q}
+`, api.Hostname(), api.Port())
+	if _, _, err := runTool(ctx, helmBin, "install", release, chartDir, "--kubeconfig", admin, "-n", releaseNamespace,
+		"-f", valuesFile(t, values)); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("PodSecurity restricted: only what hostNetwork brings", func(t *testing.T) {
+		checkRestrictedButHostNetwork(t, cs, k8s)
+	})
+
+	var pods []corev1.Pod
+	if err := pollFor(ctx, 3*time.Minute, func() error {
+		dep := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: release}, dep); err != nil {
+			return err
+		}
+		if dep.Status.ReadyReplicas != 2 {
+			return fmt.Errorf("%d of 2 replicas ready", dep.Status.ReadyReplicas)
+		}
+		pods = managerPods(t, cs)
+		return nil
+	}); err != nil {
+		dumpManagers(t, cs)
+		t.Fatalf("the chart's replicas: %v", err)
+	}
+	ready := time.Since(start)
+	nodes := []string{pods[0].Spec.NodeName, pods[1].Spec.NodeName}
+	sort.Strings(nodes)
+	if nodes[0] != "node1" || nodes[1] != "node2" {
+		t.Errorf("the replicas run on %v, want one on each node", nodes)
+	}
+	t.Logf("both replicas Ready %s after the start, on %v", ready.Round(time.Second), nodes)
+
+	leader := leaderPod(t, cs, pods)
+	t.Logf("the leader is %s on %s", leader.Name, leader.Spec.NodeName)
+
+	t.Run("both replicas serve the webhook for its Service name", func(t *testing.T) {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := k8s.Get(ctx, types.NamespacedName{Name: release}, mwc); err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		if len(mwc.Webhooks) == 0 || !roots.AppendCertsFromPEM(mwc.Webhooks[0].ClientConfig.CABundle) {
+			t.Fatalf("no caBundle in %s", mwc.Name)
+		}
+		svc := mwc.Webhooks[0].ClientConfig.Service
+		if svc == nil {
+			t.Fatalf("the webhook is not called through a Service: %+v", mwc.Webhooks[0].ClientConfig)
+		}
+		name := svc.Name + "." + svc.Namespace + ".svc"
+		// What the API server does for a Service reference, at each
+		// replica's address: a TLS handshake for the Service's name,
+		// verified against the caBundle.
+		for _, p := range managerPods(t, cs) {
+			conn, err := tls.Dial("tcp", net.JoinHostPort(p.Status.PodIP, "9443"), &tls.Config{ServerName: name, RootCAs: roots, MinVersion: tls.VersionTLS12})
+			if err != nil {
+				t.Errorf("the webhook of %s at %s: %v", p.Name, p.Status.PodIP, err)
+				continue
+			}
+			_ = conn.Close()
+		}
+	})
+
+	t.Run("killing the leader loses no issuance", func(t *testing.T) {
+		if err := cluster.EnsureNamespace(ctx, cs, "agents"); err != nil {
+			t.Fatal(err)
+		}
+		lease := &coordinationv1.Lease{}
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: leaseName}, lease); err != nil {
+			t.Fatal(err)
+		}
+		before := *lease.Spec.HolderIdentity
+		killed := time.Now()
+		if err := c.KillContainer(ctx, leader, "manager"); err != nil {
+			t.Fatal(err)
+		}
+		// Identities created while no replica leads.
+		const n = 10
+		for i := range n {
+			createIdentity(t, k8s, fmt.Sprintf("failover-%d", i))
+		}
+		var takeover time.Duration
+		if err := pollFor(ctx, 90*time.Second, func() error {
+			l := &coordinationv1.Lease{}
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: leaseName}, l); err != nil {
+				return err
+			}
+			if h := l.Spec.HolderIdentity; h == nil || *h == before {
+				return fmt.Errorf("still held by %s", before)
+			}
+			takeover = time.Since(killed)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := pollFor(ctx, 60*time.Second, func() error {
+			for i := range n {
+				id := &mtlsv1alpha1.AgentIdentity{}
+				if err := k8s.Get(ctx, types.NamespacedName{Namespace: "agents", Name: fmt.Sprintf("failover-%d", i)}, id); err != nil {
+					return err
+				}
+				if !meta.IsStatusConditionTrue(id.Status.Conditions, mtlsv1alpha1.ConditionReady) {
+					return fmt.Errorf("%s not Ready", id.Name)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		issued := time.Since(killed)
+		// controller-runtime's lease: 15 s from the last renewal, which is
+		// retried every 2 s; allow two retries and some scheduling.
+		if takeover > 25*time.Second {
+			t.Errorf("the other replica took over after %s, more than the lease time", takeover)
+		}
+		t.Logf("SIGKILL of the leader: the other replica held the Lease after %s; the %d identities created meanwhile were Ready after %s",
+			takeover.Round(100*time.Millisecond), n, issued.Round(100*time.Millisecond))
+		// The killed container restarts and both replicas serve again.
+		if err := pollFor(ctx, 90*time.Second, func() error {
+			dep := &appsv1.Deployment{}
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: release}, dep); err != nil {
+				return err
+			}
+			if dep.Status.ReadyReplicas != 2 {
+				return fmt.Errorf("%d of 2 replicas ready", dep.Status.ReadyReplicas)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// violation is one item of a PodSecurity message: `name (detail)`.
+var violation = regexp.MustCompile(`(?:^|, )([a-zA-Z ]+?) \(`)
+
+// checkRestrictedButHostNetwork creates, as a server-side dry run, a Pod
+// of the chart's template in a namespace that enforces PodSecurity
+// "restricted": the nodes have no Pod network, so the operator runs with
+// hostNetwork, which "baseline" and "restricted" forbid; the refusal must
+// name nothing but what hostNetwork brings (host namespaces, and the host
+// ports it implies).
+func checkRestrictedButHostNetwork(t *testing.T, cs kubernetes.Interface, k8s client.Client) {
+	t.Helper()
+	ctx := t.Context()
+	dep := &appsv1.Deployment{}
+	if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: release}, dep); err != nil {
+		t.Fatal(err)
+	}
+	const ns = "restricted-check"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: ns, Labels: map[string]string{"pod-security.kubernetes.io/enforce": "restricted"},
+	}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sa := dep.Spec.Template.Spec.ServiceAccountName
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "manager", Namespace: ns}, Spec: dep.Spec.Template.Spec}
+	_, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	_, list, ok := strings.Cut(fmt.Sprint(err), `violates PodSecurity "restricted:latest": `)
+	if !ok {
+		t.Fatalf("a hostNetwork Pod of the chart under PodSecurity restricted: %v", err)
+	}
+	names := violation.FindAllStringSubmatch(list, -1)
+	for _, m := range names {
+		if m[1] != "host namespaces" && m[1] != "hostPort" {
+			t.Errorf("the chart's Pods violate %q beyond hostNetwork: %s", m[1], list)
+		}
+	}
+	if len(names) == 0 {
+		t.Errorf("no violation parsed from %q", list)
+	}
+	t.Logf("PodSecurity restricted refuses the hostNetwork Pod for: %s", list)
+}
+
+func managerPods(t *testing.T, cs kubernetes.Interface) []corev1.Pod {
+	t.Helper()
+	list, err := cs.CoreV1().Pods(releaseNamespace).List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=manager"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+// leaderPod is the replica whose log says it acquired the Lease (with
+// hostNetwork both replicas have the node's host name, so the Lease's
+// holder does not say which Pod it is).
+func leaderPod(t *testing.T, cs kubernetes.Interface, pods []corev1.Pod) *corev1.Pod {
+	t.Helper()
+	var leader *corev1.Pod
+	if err := pollFor(t.Context(), 60*time.Second, func() error {
+		for i := range pods {
+			b, err := cs.CoreV1().Pods(releaseNamespace).GetLogs(pods[i].Name, &corev1.PodLogOptions{Container: "manager"}).DoRaw(t.Context())
+			if err != nil {
+				return err
+			}
+			if strings.Contains(string(b), "Successfully acquired lease") {
+				leader = &pods[i]
+				return nil
+			}
+		}
+		return fmt.Errorf("no replica acquired the lease yet")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return leader
+}
+
+func createIdentity(t *testing.T, k8s client.Client, name string) {
+	t.Helper()
+	id := &mtlsv1alpha1.AgentIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "agents", Name: name},
+		Spec:       mtlsv1alpha1.AgentIdentitySpec{ServiceAccountName: name},
+	}
+	if err := k8s.Create(t.Context(), id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func pollFor(ctx context.Context, timeout time.Duration, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not within %s: %w", timeout, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// dumpManagers logs the manager Pods' state and the end of their logs.
+func dumpManagers(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	for _, p := range managerPods(t, cs) {
+		for _, st := range p.Status.ContainerStatuses {
+			t.Logf("Pod %s on %s (IP %s): %s ready=%v restarts=%d state=%+v last=%+v", p.Name, p.Spec.NodeName, p.Status.PodIP, st.Name, st.Ready, st.RestartCount, st.State, st.LastTerminationState)
+		}
+		previous := len(p.Status.ContainerStatuses) > 0 && p.Status.ContainerStatuses[0].RestartCount > 0
+		b, err := cs.CoreV1().Pods(releaseNamespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: "manager", Previous: previous}).DoRaw(context.Background())
+		t.Logf("its log (previous container: %v; %v):\n%s", previous, err, tail(b, 3000))
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "orbidden") || strings.Contains(line, "Failed to watch") || strings.Contains(line, "failed to list") {
+				t.Logf("%s", line)
+				break
+			}
+		}
+	}
+}
