@@ -66,7 +66,6 @@ type node struct {
 
 // process is a child process that is stopped with SIGTERM.
 type process struct {
-	name string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -80,7 +79,7 @@ func startProcess(name string, out io.Writer, env []string, bin string, args ...
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cluster: starting %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
+	p := &process{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
 		close(p.done)
@@ -260,9 +259,9 @@ state = %q
 		return err
 	}
 	n.containerd = p
-	return poll(ctx, 30*time.Second, "containerd answers on "+n.socket, func() error {
+	return Poll(ctx, 30*time.Second, "containerd answers on "+n.socket, func() error {
 		if p.exited() {
-			return errStop{errors.New("containerd exited; see the node's log")}
+			return ErrStop{errors.New("containerd exited; see the node's log")}
 		}
 		_, err := n.ctr(ctx, "version")
 		return err
@@ -365,9 +364,9 @@ makeIPTablesUtilChains: false
 	if err != nil {
 		return err
 	}
-	if err := poll(ctx, 60*time.Second, "node "+n.name+" registers", func() error {
+	if err := Poll(ctx, 60*time.Second, "node "+n.name+" registers", func() error {
 		if p.exited() {
-			return errStop{errors.New("the kubelet exited; see the node's log")}
+			return ErrStop{errors.New("the kubelet exited; see the node's log")}
 		}
 		_, err := cs.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		return err
@@ -381,9 +380,9 @@ makeIPTablesUtilChains: false
 	if _, err := cs.CoreV1().Nodes().Patch(ctx, n.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
 		return fmt.Errorf("cluster: setting the node's addresses: %w", err)
 	}
-	return poll(ctx, 90*time.Second, "node "+n.name+" is Ready and untainted", func() error {
+	return Poll(ctx, 90*time.Second, "node "+n.name+" is Ready and untainted", func() error {
 		if p.exited() {
-			return errStop{errors.New("the kubelet exited; see the node's log")}
+			return ErrStop{errors.New("the kubelet exited; see the node's log")}
 		}
 		nd, err := cs.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		if err != nil {
@@ -468,7 +467,7 @@ func (c *Cluster) drainNode(n *node) {
 	}
 	// A Pod deleted gracefully disappears once the kubelet has stopped its
 	// containers and unmounted its volumes.
-	if err := poll(ctx, 60*time.Second, "the kubelet stops every Pod", func() error {
+	if err := Poll(ctx, 60*time.Second, "the kubelet stops every Pod", func() error {
 		left, err := cs.CoreV1().Pods("").List(ctx, sel)
 		if err != nil {
 			return err
@@ -628,12 +627,12 @@ func killUnder(dir string) {
 	}
 }
 
-// errStop ends a poll at once.
-type errStop struct{ error }
+// ErrStop wraps an error that ends a Poll at once.
+type ErrStop struct{ error }
 
-// poll calls f every 200 ms until it returns nil, returns errStop, or
-// timeout passes.
-func poll(ctx context.Context, timeout time.Duration, what string, f func() error) error {
+// Poll calls f every 200 ms until it returns nil, returns an ErrStop, or
+// timeout passes; the error names what was awaited.
+func Poll(ctx context.Context, timeout time.Duration, what string, f func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
@@ -641,7 +640,7 @@ func poll(ctx context.Context, timeout time.Duration, what string, f func() erro
 		if err == nil {
 			return nil
 		}
-		var stop errStop
+		var stop ErrStop
 		if errors.As(err, &stop) {
 			return fmt.Errorf("cluster: %s: %w", what, stop.error)
 		}
@@ -652,8 +651,6 @@ func poll(ctx context.Context, timeout time.Duration, what string, f func() erro
 		}
 	}
 }
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 // ProjectedVolumeDir is where the kubelet of the Pod's node wrote a Pod's
 // projected volume: <root-dir>/pods/<uid>/volumes/kubernetes.io~projected/

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -82,7 +84,7 @@ func TestNode(t *testing.T) {
 	if err := EnsureNamespace(ctx, cs, "node-test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.CoreV1().ServiceAccounts("node-test").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+	if _, err := cs.CoreV1().ServiceAccounts("node-test").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	if _, err := cs.CoreV1().Secrets("node-test").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "files"},
@@ -108,16 +110,16 @@ func TestNode(t *testing.T) {
 	if _, err := cs.CoreV1().Pods("node-test").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := poll(ctx, 90*time.Second, "the Pod succeeds", func() error {
+	if err := Poll(ctx, 90*time.Second, "the Pod succeeds", func() error {
 		p, err := cs.CoreV1().Pods("node-test").Get(ctx, "cat", metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
 		if p.Status.Phase == corev1.PodFailed {
-			return errStop{errorf("the Pod failed: %+v", p.Status)}
+			return ErrStop{fmt.Errorf("the Pod failed: %+v", p.Status)}
 		}
 		if p.Status.Phase != corev1.PodSucceeded {
-			return errorf("phase %s", p.Status.Phase)
+			return fmt.Errorf("phase %s", p.Status.Phase)
 		}
 		return nil
 	}); err != nil {
@@ -175,13 +177,13 @@ func measureRefresh(ctx context.Context, t *testing.T, c *Cluster, cs kubernetes
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := poll(ctx, 60*time.Second, "the sleeper runs", func() error {
+	if err := Poll(ctx, 60*time.Second, "the sleeper runs", func() error {
 		p, err := cs.CoreV1().Pods("node-test").Get(ctx, "sleeper", metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
 		if p.Status.Phase != corev1.PodRunning {
-			return errorf("phase %s", p.Status.Phase)
+			return fmt.Errorf("phase %s", p.Status.Phase)
 		}
 		return nil
 	}); err != nil {
@@ -202,14 +204,17 @@ func measureRefresh(ctx context.Context, t *testing.T, c *Cluster, cs kubernetes
 		}
 		// The kubelet promises a refresh within its sync period plus the
 		// cache's TTL; allow twice the period and a margin.
-		if err := poll(ctx, 2*sync+30*time.Second, "the kubelet swaps ..data", func() error {
+		if err := Poll(ctx, 2*sync+30*time.Second, "the kubelet swaps ..data", func() error {
 			now, err := os.Readlink(filepath.Join(dir, "..data"))
 			if err != nil || now == before {
-				return errorf("still %s", before)
+				return fmt.Errorf("still %s", before)
 			}
 			b, err := os.ReadFile(filepath.Join(dir, "hello"))
-			if err != nil || string(b) != value {
-				return errorf("hello is %q, %v", b, err)
+			if err != nil {
+				return err
+			}
+			if string(b) != value {
+				return fmt.Errorf("hello is %q", b)
 			}
 			return nil
 		}); err != nil {

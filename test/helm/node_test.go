@@ -89,20 +89,11 @@ extraEnv:
 	})
 
 	var pods []corev1.Pod
-	if err := pollFor(ctx, 3*time.Minute, func() error {
-		dep := &appsv1.Deployment{}
-		if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: release}, dep); err != nil {
-			return err
-		}
-		if dep.Status.ReadyReplicas != 2 {
-			return fmt.Errorf("%d of 2 replicas ready", dep.Status.ReadyReplicas)
-		}
-		pods = managerPods(t, cs)
-		return nil
-	}); err != nil {
+	if err := waitReplicasReady(ctx, k8s, 3*time.Minute); err != nil {
 		dumpManagers(t, cs)
-		t.Fatalf("the chart's replicas: %v", err)
+		t.Fatal(err)
 	}
+	pods = managerPods(t, cs)
 	ready := time.Since(start)
 	nodes := []string{pods[0].Spec.NodeName, pods[1].Spec.NodeName}
 	sort.Strings(nodes)
@@ -160,7 +151,7 @@ extraEnv:
 			createIdentity(t, k8s, fmt.Sprintf("failover-%d", i))
 		}
 		var takeover time.Duration
-		if err := pollFor(ctx, 90*time.Second, func() error {
+		if err := cluster.Poll(ctx, 90*time.Second, "the other replica takes the Lease", func() error {
 			l := &coordinationv1.Lease{}
 			if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: leaseName}, l); err != nil {
 				return err
@@ -173,7 +164,7 @@ extraEnv:
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if err := pollFor(ctx, 60*time.Second, func() error {
+		if err := cluster.Poll(ctx, 60*time.Second, "the identities created without a leader are Ready", func() error {
 			for i := range n {
 				id := &mtlsv1alpha1.AgentIdentity{}
 				if err := k8s.Get(ctx, types.NamespacedName{Namespace: "agents", Name: fmt.Sprintf("failover-%d", i)}, id); err != nil {
@@ -196,16 +187,7 @@ extraEnv:
 		t.Logf("SIGKILL of the leader: the other replica held the Lease after %s; the %d identities created meanwhile were Ready after %s",
 			takeover.Round(100*time.Millisecond), n, issued.Round(100*time.Millisecond))
 		// The killed container restarts and both replicas serve again.
-		if err := pollFor(ctx, 90*time.Second, func() error {
-			dep := &appsv1.Deployment{}
-			if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: release}, dep); err != nil {
-				return err
-			}
-			if dep.Status.ReadyReplicas != 2 {
-				return fmt.Errorf("%d of 2 replicas ready", dep.Status.ReadyReplicas)
-			}
-			return nil
-		}); err != nil {
+		if err := waitReplicasReady(ctx, k8s, 90*time.Second); err != nil {
 			t.Error(err)
 		}
 	})
@@ -270,7 +252,7 @@ func managerPods(t *testing.T, cs kubernetes.Interface) []corev1.Pod {
 func leaderPod(t *testing.T, cs kubernetes.Interface, pods []corev1.Pod) *corev1.Pod {
 	t.Helper()
 	var leader *corev1.Pod
-	if err := pollFor(t.Context(), 60*time.Second, func() error {
+	if err := cluster.Poll(t.Context(), 60*time.Second, "a replica acquires the Lease", func() error {
 		for i := range pods {
 			b, err := cs.CoreV1().Pods(releaseNamespace).GetLogs(pods[i].Name, &corev1.PodLogOptions{Container: "manager"}).DoRaw(t.Context())
 			if err != nil {
@@ -299,20 +281,19 @@ func createIdentity(t *testing.T, k8s client.Client, name string) {
 	}
 }
 
-func pollFor(ctx context.Context, timeout time.Duration, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		err := f()
-		if err == nil {
-			return nil
+// waitReplicasReady waits until both replicas of the chart's Deployment
+// are ready.
+func waitReplicasReady(ctx context.Context, k8s client.Client, timeout time.Duration) error {
+	return cluster.Poll(ctx, timeout, "both replicas of the chart ready", func() error {
+		dep := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: releaseNamespace, Name: release}, dep); err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not within %s: %w", timeout, err)
-		case <-time.After(500 * time.Millisecond):
+		if dep.Status.ReadyReplicas != 2 {
+			return fmt.Errorf("%d of 2 replicas ready", dep.Status.ReadyReplicas)
 		}
-	}
+		return nil
+	})
 }
 
 // dumpManagers logs the manager Pods' state and the end of their logs.
