@@ -82,6 +82,14 @@ test: tools build images ## Run unit, integration and end-to-end tests against a
 bench: tools build ## Benchmark bin/manager against a local control plane (BENCH_N=10000 identities by default); table in bin/bench/results.md.
 	go run ./test/bench
 
+# The packages whose tests need no API server: pure logic and the SDK.
+UNIT_PACKAGES := ./internal/agentid/... ./internal/ca/... ./internal/identity/... ./internal/policy/... \
+	./internal/logging/... ./internal/webhookcert/... ./pkg/... ./cmd/...
+
+.PHONY: test-unit
+test-unit: ## Run the tests of the pure packages and the SDK (seconds, nothing to build or start).
+	go test $(UNIT_PACKAGES) $(GO_TEST_FLAGS)
+
 .PHONY: test-e2e
 test-e2e: tools images ## Run only the end-to-end suite: manager process, webhooks, agents as real Pods on the local node doing mTLS through rotations.
 	go test -timeout 45m ./test/e2e/ -count=1 -v $(GO_TEST_FLAGS)

@@ -1,10 +1,25 @@
 package v1alpha1
 
+// Field managers of the operator's writes. Each reconciler that shares an
+// object with another applies its part of the status under its own name.
+const (
+	// FieldManager writes the objects agentmesh owns alone (Secrets, trust
+	// ConfigMaps, the CA and webhook Secrets, policy status).
+	FieldManager = "agentmesh"
+	// FieldManagerCertificate applies an AgentIdentity's certificate status
+	// and its Ready and Issuing conditions.
+	FieldManagerCertificate = "agentmesh-certificate"
+	// FieldManagerTrust applies an AgentIdentity's trust status
+	// (trustConfigMap, policies) and its PolicyResolved condition.
+	FieldManagerTrust = "agentmesh-trust"
+)
+
 // Condition types. Every condition carries observedGeneration.
 const (
 	// ConditionReady is True on an AgentIdentity while a valid certificate
-	// for its current spec is in place, and on an AgentTrustPolicy once it is
-	// compiled into the trust ConfigMaps of the identities it selects.
+	// for its current spec (or PodCertificate delivery) and its trust
+	// ConfigMap are in place, and on an AgentTrustPolicy once it is compiled
+	// into the trust ConfigMaps of the identities it selects.
 	ConditionReady = "Ready"
 	// ConditionIssuing is True on an AgentIdentity while a new certificate is
 	// being issued; the reason says why (first issuance, renewal, repair).
@@ -74,6 +89,9 @@ const (
 	// label but was not injected, because it was created while the webhook
 	// was not installed or not reachable with failurePolicy Ignore.
 	ReasonNotInjected = "NotInjected"
+	// ReasonTrustPending (Ready, on an identity): the certificate is in
+	// place and the trust ConfigMap is not published yet.
+	ReasonTrustPending = "TrustPending"
 	// ReasonPolicyTooLarge: the trust bundle and effective policy would not
 	// fit the size cap; the last trust ConfigMap is kept.
 	ReasonPolicyTooLarge = "PolicyTooLarge"
@@ -133,6 +151,14 @@ const (
 	EnvKeyFile    = "AGENTMESH_KEY_FILE"
 	EnvBundleFile = "AGENTMESH_BUNDLE_FILE"
 	EnvPolicyFile = "AGENTMESH_POLICY_FILE"
+	// Keys of the Secrets agentmesh writes and reads: kubernetes.io/tls,
+	// with the trust anchors in ca.crt as cert-manager writes them.
+	SecretCertKey  = "tls.crt"
+	SecretKeyKey   = "tls.key"
+	SecretTrustKey = "ca.crt"
+	// Keys of a trust ConfigMap.
+	TrustBundleKey = "bundle.pem"
+	TrustPolicyKey = "policy.json"
 	// Files of the injected volume.
 	FileCert   = "tls.crt"
 	FileKey    = "tls.key"

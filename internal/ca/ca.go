@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 )
 
 // Keys of the CA Secret. They are the keys cert-manager writes, so that a
@@ -26,13 +28,13 @@ import (
 const (
 	// SecretCertKey holds the signing CA certificate, optionally followed by
 	// the intermediates above it.
-	SecretCertKey = "tls.crt"
+	SecretCertKey = mtlsv1alpha1.SecretCertKey
 	// SecretKeyKey holds the signing CA's private key.
-	SecretKeyKey = "tls.key"
+	SecretKeyKey = mtlsv1alpha1.SecretKeyKey
 	// SecretTrustKey optionally holds the trust anchors of the trust domain:
 	// the root(s) that the signing CA chains to. It may hold several
 	// certificates, for example an old and a new root during a rotation.
-	SecretTrustKey = "ca.crt"
+	SecretTrustKey = mtlsv1alpha1.SecretTrustKey
 	// NextCertKey and NextKeyKey hold the next CA during a rotation:
 	// published in every trust bundle, not yet signing. A user migrating
 	// to another CA (an enterprise intermediate) puts it here, with its
@@ -146,6 +148,24 @@ func (s *State) SignedByActive(leaf *x509.Certificate) bool {
 		return bytes.Equal(leaf.AuthorityKeyId, a.SubjectKeyId) && leaf.CheckSignatureFrom(a) == nil
 	}
 	return leaf.CheckSignatureFrom(a) == nil
+}
+
+// SignerSerial is the serial, in hex, of the CA that signed leaf: the
+// active CA, an intermediate of chain, or an anchor; empty when none did.
+func (s *State) SignerSerial(leaf *x509.Certificate, chain []*x509.Certificate) string {
+	candidates := append(append([]*x509.Certificate{s.Active.Cert}, chain...), s.Anchors...)
+	for _, c := range candidates {
+		if len(leaf.AuthorityKeyId) > 0 && len(c.SubjectKeyId) > 0 {
+			if bytes.Equal(leaf.AuthorityKeyId, c.SubjectKeyId) {
+				return SerialHex(c.SerialNumber)
+			}
+			continue
+		}
+		if leaf.CheckSignatureFrom(c) == nil {
+			return SerialHex(c.SerialNumber)
+		}
+	}
+	return ""
 }
 
 func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {

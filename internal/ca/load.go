@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/agentmesh/agentmesh/internal/agentid"
 )
 
 // InvalidError says why CA material cannot be used. Its message is meant
@@ -206,7 +208,7 @@ func selfTest(s *State, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	id, err := spiffeid.FromSegments(s.TrustDomain, "ns", "agentmesh-system", "agent", "self-test")
+	id, err := agentid.ID(s.TrustDomain, "agentmesh-system", "self-test")
 	if err != nil {
 		return err
 	}

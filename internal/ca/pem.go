@@ -21,14 +21,32 @@ const (
 	MaxPrivateKeyPEMSize = 16 << 10
 	// MaxCertificatesPerPEM caps the number of certificates in one input.
 	MaxCertificatesPerPEM = 32
+
+	// MaxBundlePEMSize and MaxBundleCertificates cap a trust bundle of
+	// several trust domains (a trust ConfigMap's bundle.pem, a federated
+	// bundle): what the operator writes, re-reads and the SDK reads agree.
+	// The size decides; the count is as many CA certificates as fit.
+	MaxBundlePEMSize      = 512 << 10
+	MaxBundleCertificates = 1024
 )
+
+// ParseBundlePEM decodes a trust bundle as ParseCertificatesPEM does, under
+// the bundle caps. Text between blocks (bundle.pem's comment lines) is
+// skipped.
+func ParseBundlePEM(b []byte) ([]*x509.Certificate, error) {
+	return parseCertificates(b, MaxBundlePEMSize, MaxBundleCertificates)
+}
 
 // ParseCertificatesPEM decodes every CERTIFICATE block of b. Other block
 // types are an error, as is an input with no certificate or one over the
 // size caps. Errors name what is wrong and never quote the input.
 func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
-	if len(b) > MaxCertificatesPEMSize {
-		return nil, fmt.Errorf("PEM is %d bytes, over the limit of %d", len(b), MaxCertificatesPEMSize)
+	return parseCertificates(b, MaxCertificatesPEMSize, MaxCertificatesPerPEM)
+}
+
+func parseCertificates(b []byte, maxSize, maxCount int) ([]*x509.Certificate, error) {
+	if len(b) > maxSize {
+		return nil, fmt.Errorf("PEM is %d bytes, over the limit of %d", len(b), maxSize)
 	}
 	var certs []*x509.Certificate
 	rest := b
@@ -41,8 +59,8 @@ func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
 		if block.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("PEM block %d is of type %q, want CERTIFICATE", len(certs)+1, block.Type)
 		}
-		if len(certs) == MaxCertificatesPerPEM {
-			return nil, fmt.Errorf("more than %d certificates", MaxCertificatesPerPEM)
+		if len(certs) == maxCount {
+			return nil, fmt.Errorf("more than %d certificates", maxCount)
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {

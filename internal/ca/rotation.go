@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 )
 
 // Annotations of the CA Secret.
@@ -120,18 +122,21 @@ type RotationPolicy struct {
 // one) to update mounted bundles.
 var DefaultRotationPolicy = RotationPolicy{RotateAt: 0.5, Grace: 2 * time.Minute, Lifetime: DefaultLifetime}
 
-// Progress is what the cluster says about a rotation.
+// Progress is what the cluster says about a rotation; the CA status
+// ConfigMap shows it as is.
 type Progress struct {
 	// Bundles counts the trust bundles written for identities (the ca.crt
 	// of identity Secrets and the bundle of trust ConfigMaps);
 	// BundlesCurrent, those that hold exactly the current anchors.
-	Bundles, BundlesCurrent int
-	// Leaves counts identities with a certificate in place; LeavesOnActive,
-	// those whose certificate the active CA signed.
-	Leaves, LeavesOnActive int
+	BundlesCurrent int `json:"bundlesCurrent"`
+	Bundles        int `json:"bundles"`
+	// Identities counts identities with a certificate in place;
+	// IdentitiesOnActive, those whose certificate the active CA signed.
+	IdentitiesOnActive int `json:"identitiesOnActive"`
+	Identities         int `json:"identities"`
 	// OthersExpireAt is the latest expiry among certificates the active CA
 	// did not sign.
-	OthersExpireAt time.Time
+	OthersExpireAt time.Time `json:"-"`
 }
 
 // Event is something a rotation step did, for an Event on the CA Secret.
@@ -202,7 +207,7 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 			// Replacing a user's CA (an enterprise intermediate) with a
 			// self-signed one is not what "rotate" should mean.
 			delete(out.Annotations, AnnotationRotate)
-			out.Events = append(out.Events, Event{Reason: "RotationRefused", Message: "the CA was supplied by a user: " +
+			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationRefused, Message: "the CA was supplied by a user: " +
 				"put the CA to rotate to in next.crt and next.key (and its root in next-ca.crt) instead; " +
 				"rotate-ca=compromised replaces it with a self-signed CA"})
 			out.Changed = true
@@ -226,7 +231,7 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 		}
 		out.Data[SecretTrustKey] = EncodeCertificatesPEM(union(st.Anchors, anchorsOf(out.Data, next))...)
 		delete(out.Annotations, AnnotationRotate)
-		out.Events = append(out.Events, Event{Reason: "RotationStarted", Message: fmt.Sprintf(
+		out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationStarted, Message: fmt.Sprintf(
 			"CA rotation started (%s): the next CA %s, valid until %s, is added to every trust bundle; CA %s signs until every bundle holds it",
 			reason, next.SerialHex(), next.Cert.NotAfter.UTC().Format(time.RFC3339), st.Active.SerialHex())})
 
@@ -234,13 +239,13 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 		if trigger == RotateCompromised && !rot.Compromised {
 			rot.Compromised, rot.Reason = true, RotationCompromised
 			delete(out.Annotations, AnnotationRotate)
-			out.Events = append(out.Events, Event{Reason: "RotationEscalated", Message: "the rotation in progress now retires a compromised CA"})
+			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationEscalated, Message: "the rotation in progress now retires a compromised CA"})
 			break
 		}
 		if st.Next == nil {
 			// The next CA was removed by hand: abandon the rotation.
 			rot = Rotation{Phase: PhaseStable}
-			out.Events = append(out.Events, Event{Reason: "RotationAbandoned", Message: "next.crt was removed: the rotation is abandoned"})
+			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationAbandoned, Message: "next.crt was removed: the rotation is abandoned"})
 			break
 		}
 		if p.BundlesCurrent < p.Bundles {
@@ -248,7 +253,7 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 		}
 		if rot.PropagatedAt == nil {
 			rot.PropagatedAt = ptrTime(now)
-			out.Events = append(out.Events, Event{Reason: "BundlesPropagated", Message: fmt.Sprintf(
+			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventBundlesPropagated, Message: fmt.Sprintf(
 				"all %d trust bundles hold the next CA %s; it signs after %s for the kubelet to update mounted files", p.Bundles, st.Next.SerialHex(), pol.Grace)})
 			break
 		}
@@ -267,24 +272,24 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 			delete(out.Annotations, AnnotationManaged)
 		}
 		rot.Phase, rot.ActivatedAt = PhaseReissuing, ptrTime(now)
-		out.Events = append(out.Events, Event{Reason: "CAActivated", Message: fmt.Sprintf(
-			"CA %s now signs; the %d identities on CA %s are reissued, which stays trusted until none is left", st.Next.SerialHex(), p.Leaves, st.Active.SerialHex())})
+		out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventCAActivated, Message: fmt.Sprintf(
+			"CA %s now signs; the %d identities on CA %s are reissued, which stays trusted until none is left", st.Next.SerialHex(), p.Identities, st.Active.SerialHex())})
 
 	case PhaseReissuing:
 		if trigger == RotateCompromised && !rot.Compromised {
 			rot.Compromised, rot.Reason = true, RotationCompromised
 			delete(out.Annotations, AnnotationRotate)
-			out.Events = append(out.Events, Event{Reason: "RotationEscalated", Message: "the rotation in progress now retires a compromised CA: reissuing is no longer rate-limited"})
+			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationEscalated, Message: "the rotation in progress now retires a compromised CA: reissuing is no longer rate-limited"})
 			break
 		}
 		expired := !p.OthersExpireAt.IsZero() && !now.Before(p.OthersExpireAt)
-		if !expired && p.LeavesOnActive < p.Leaves {
+		if !expired && p.IdentitiesOnActive < p.Identities {
 			return Step{}, nil
 		}
 		if !expired && !rot.Compromised {
 			if rot.ReissuedAt == nil {
 				rot.ReissuedAt = ptrTime(now)
-				out.Events = append(out.Events, Event{Reason: "IdentitiesReissued", Message: fmt.Sprintf(
+				out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventIdentitiesReissued, Message: fmt.Sprintf(
 					"every identity is on CA %s; the %s leaves the trust bundles after %s, for the kubelet to deliver the new certificates",
 					st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor"), pol.Grace)})
 				break
@@ -295,7 +300,7 @@ func PlanRotation(st *State, data map[string][]byte, annotations map[string]stri
 		}
 		keep := slices.DeleteFunc(slices.Clone(st.Anchors), func(c *x509.Certificate) bool { return containsCert(st.Retired, c) })
 		out.Data[SecretTrustKey] = EncodeCertificatesPEM(keep...)
-		out.Events = append(out.Events, Event{Reason: "CARetired", Message: fmt.Sprintf(
+		out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventCARetired, Message: fmt.Sprintf(
 			"CA rotation done: every identity is on CA %s; %s removed from the trust bundles",
 			st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor"))})
 		rot = Rotation{Phase: PhaseStable}
@@ -342,7 +347,7 @@ func AdoptReplacement(st, previous *State, data map[string][]byte, annotations m
 	}
 	out.Annotations[AnnotationRotation] = string(raw)
 	out.Changed = true
-	out.Events = []Event{{Reason: "CAReplaced", Message: fmt.Sprintf(
+	out.Events = []Event{{Reason: mtlsv1alpha1.EventCAReplaced, Message: fmt.Sprintf(
 		"tls.crt was replaced in place (CA %s by %s): CA %s stays trusted until every identity is reissued. "+
 			"Put the next CA in next.crt and next.key to rotate without a gap", previous.Active.SerialHex(), st.Active.SerialHex(), previous.Active.SerialHex())}}
 	return out, nil

@@ -94,7 +94,7 @@ func TestScheduledRotationWalksEveryPhase(t *testing.T) {
 	s := newManagedCA(t, t0, 100*time.Hour)
 	first := s.load(t0)
 	oldLeaf := leafOf(t, first, t0)
-	all := Progress{Bundles: 20, BundlesCurrent: 20, Leaves: 10, LeavesOnActive: 10}
+	all := Progress{Bundles: 20, BundlesCurrent: 20, Identities: 10, IdentitiesOnActive: 10}
 
 	// Stable until half the lifetime (the CA is backdated by an hour).
 	if st, evs := s.step(t0.Add(48*time.Hour), all); st.Rotation.Phase != PhaseStable || evs != nil {
@@ -130,7 +130,7 @@ func TestScheduledRotationWalksEveryPhase(t *testing.T) {
 	}
 	// After the grace: the next CA signs, the old one is retired but trusted.
 	activated := propagated.Add(2 * time.Minute)
-	st, evs = s.step(activated, Progress{Bundles: 20, BundlesCurrent: 20, Leaves: 10, LeavesOnActive: 0})
+	st, evs = s.step(activated, Progress{Bundles: 20, BundlesCurrent: 20, Identities: 10, IdentitiesOnActive: 0})
 	if st.Rotation.Phase != PhaseReissuing || !st.Active.Cert.Equal(next) || st.Next != nil || len(st.Retired) != 1 ||
 		!st.Retired[0].Equal(first.Active.Cert) || eventReasons(evs)[0] != "CAActivated" || s.ann[AnnotationManaged] != "true" {
 		t.Fatalf("activation: phase %s, retired %d, events %v", st.Rotation.Phase, len(st.Retired), evs)
@@ -142,20 +142,20 @@ func TestScheduledRotationWalksEveryPhase(t *testing.T) {
 		t.Error("a new leaf is not signed by the new CA")
 	}
 	// Some identities are still on the old CA: it stays.
-	if st, _ := s.step(activated.Add(time.Minute), Progress{Leaves: 10, LeavesOnActive: 9, OthersExpireAt: activated.Add(time.Hour)}); len(st.Retired) != 1 {
+	if st, _ := s.step(activated.Add(time.Minute), Progress{Identities: 10, IdentitiesOnActive: 9, OthersExpireAt: activated.Add(time.Hour)}); len(st.Retired) != 1 {
 		t.Fatal("the old CA left the bundle before the last leaf moved")
 	}
 	// Every identity moved: the old CA leaves the bundles once the kubelet
 	// had the grace period to deliver the new certificates.
 	reissued := activated.Add(2 * time.Minute)
-	st, evs = s.step(reissued, Progress{Leaves: 10, LeavesOnActive: 10})
+	st, evs = s.step(reissued, Progress{Identities: 10, IdentitiesOnActive: 10})
 	if st.Rotation.Phase != PhaseReissuing || st.Rotation.ReissuedAt == nil || len(st.Retired) != 1 || eventReasons(evs)[0] != "IdentitiesReissued" {
 		t.Fatalf("every identity reissued: phase %s, retired %d, events %v", st.Rotation.Phase, len(st.Retired), evs)
 	}
-	if st, _ := s.step(reissued.Add(2*time.Minute-time.Second), Progress{Leaves: 10, LeavesOnActive: 10}); len(st.Retired) != 1 {
+	if st, _ := s.step(reissued.Add(2*time.Minute-time.Second), Progress{Identities: 10, IdentitiesOnActive: 10}); len(st.Retired) != 1 {
 		t.Fatal("the old CA left the bundles inside the grace period")
 	}
-	st, evs = s.step(reissued.Add(2*time.Minute), Progress{Leaves: 10, LeavesOnActive: 10})
+	st, evs = s.step(reissued.Add(2*time.Minute), Progress{Identities: 10, IdentitiesOnActive: 10})
 	if st.Rotation.Phase != PhaseStable || len(st.Anchors) != 1 || !st.Anchors[0].Equal(next) || len(st.Retired) != 0 || eventReasons(evs)[0] != "CARetired" {
 		t.Fatalf("retirement: phase %s anchors %d events %v", st.Rotation.Phase, len(st.Anchors), evs)
 	}
@@ -172,14 +172,14 @@ func TestRetiredCALeavesWhenItsLastLeafExpires(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := newManagedCA(t, t0, 100*time.Hour)
 	s.ann[AnnotationRotate] = RotateNow
-	all := Progress{Bundles: 2, BundlesCurrent: 2, Leaves: 1, LeavesOnActive: 1}
+	all := Progress{Bundles: 2, BundlesCurrent: 2, Identities: 1, IdentitiesOnActive: 1}
 	st, _ := s.step(t0, all)
 	if st.Rotation.Reason != RotationManual || s.ann[AnnotationRotate] != "" {
 		t.Fatalf("manual trigger: %+v, annotation %q", st.Rotation, s.ann[AnnotationRotate])
 	}
 	s.step(t0.Add(time.Minute), all)
 	s.step(t0.Add(4*time.Minute), all)
-	stuck := Progress{Leaves: 1, LeavesOnActive: 0, OthersExpireAt: t0.Add(5 * time.Hour)}
+	stuck := Progress{Identities: 1, IdentitiesOnActive: 0, OthersExpireAt: t0.Add(5 * time.Hour)}
 	if st, _ := s.step(t0.Add(4*time.Hour), stuck); st.Rotation.Phase != PhaseReissuing {
 		t.Fatal("retired before the last leaf expired")
 	}
@@ -193,17 +193,17 @@ func TestEmergencyRotation(t *testing.T) {
 	s := newManagedCA(t, t0, 100*time.Hour)
 	compromised := s.load(t0).Active.Cert
 	s.ann[AnnotationRotate] = RotateCompromised
-	all := Progress{Bundles: 2, BundlesCurrent: 2, Leaves: 1, LeavesOnActive: 1}
+	all := Progress{Bundles: 2, BundlesCurrent: 2, Identities: 1, IdentitiesOnActive: 1}
 	st, _ := s.step(t0, all)
 	if !st.Rotation.Compromised || st.Rotation.Reason != RotationCompromised || st.Rotation.Previous != SerialHex(compromised.SerialNumber) {
 		t.Fatalf("emergency: %+v", st.Rotation)
 	}
 	s.step(t0.Add(time.Second), all)
-	st, _ = s.step(t0.Add(3*time.Minute), Progress{Leaves: 1})
+	st, _ = s.step(t0.Add(3*time.Minute), Progress{Identities: 1})
 	if st.Rotation.Phase != PhaseReissuing || !st.Rotation.Compromised {
 		t.Fatalf("after activation: %+v", st.Rotation)
 	}
-	st, _ = s.step(t0.Add(4*time.Minute), Progress{Leaves: 1, LeavesOnActive: 1})
+	st, _ = s.step(t0.Add(4*time.Minute), Progress{Identities: 1, IdentitiesOnActive: 1})
 	if containsCert(st.Anchors, compromised) {
 		t.Fatal("the compromised CA is still trusted after every identity was reissued")
 	}
@@ -213,7 +213,7 @@ func TestEscalationDuringARotation(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := newManagedCA(t, t0, 100*time.Hour)
 	s.ann[AnnotationRotate] = RotateNow
-	all := Progress{Bundles: 2, BundlesCurrent: 2, Leaves: 1, LeavesOnActive: 1}
+	all := Progress{Bundles: 2, BundlesCurrent: 2, Identities: 1, IdentitiesOnActive: 1}
 	s.step(t0, all)
 	s.ann[AnnotationRotate] = RotateCompromised
 	st, evs := s.step(t0.Add(time.Second), all)
@@ -237,18 +237,18 @@ func TestMigrationToAUserCA(t *testing.T) {
 	data[NextTrustKey] = EncodeCertificatesPEM(root.cert)
 	s.data = data
 
-	all := Progress{Bundles: 2, BundlesCurrent: 2, Leaves: 1, LeavesOnActive: 1}
+	all := Progress{Bundles: 2, BundlesCurrent: 2, Identities: 1, IdentitiesOnActive: 1}
 	st, _ := s.step(t0, all)
 	if st.Rotation.Reason != RotationMigration || st.Rotation.NextManaged || !containsCert(st.Anchors, root.cert) {
 		t.Fatalf("migration start: %+v, anchors %d", st.Rotation, len(st.Anchors))
 	}
 	s.step(t0.Add(time.Second), all)
-	st, _ = s.step(t0.Add(3*time.Minute), Progress{Leaves: 1})
+	st, _ = s.step(t0.Add(3*time.Minute), Progress{Identities: 1})
 	if !st.Active.Cert.Equal(mid.cert) || s.ann[AnnotationManaged] != "" || !containsCert(st.Retired, old) {
 		t.Fatalf("after activation: active %s, managed %q", st.Active.Cert.Subject, s.ann[AnnotationManaged])
 	}
-	s.step(t0.Add(4*time.Minute), Progress{Leaves: 1, LeavesOnActive: 1})
-	st, _ = s.step(t0.Add(6*time.Minute), Progress{Leaves: 1, LeavesOnActive: 1})
+	s.step(t0.Add(4*time.Minute), Progress{Identities: 1, IdentitiesOnActive: 1})
+	st, _ = s.step(t0.Add(6*time.Minute), Progress{Identities: 1, IdentitiesOnActive: 1})
 	if len(st.Anchors) != 1 || !st.Anchors[0].Equal(root.cert) {
 		t.Fatalf("anchors after the migration and the grace period: %d", len(st.Anchors))
 	}

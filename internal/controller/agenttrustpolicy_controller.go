@@ -113,7 +113,7 @@ func (r *AgentTrustPolicyReconciler) Reconcile(ctx context.Context, req reconcil
 		p.Status.ObservedGeneration = p.Generation
 	}
 	if !equalPolicyStatus(&original.Status, &p.Status) {
-		if err := r.Client.Status().Patch(ctx, p, client.MergeFrom(original), client.FieldOwner(FieldOwner)); err != nil {
+		if err := r.Client.Status().Patch(ctx, p, client.MergeFrom(original), client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 		logf.FromContext(ctx).V(1).Info("policy status", "reason", reason, "selected", len(selected), "compiled", compiled)

@@ -30,13 +30,6 @@ import (
 	"github.com/agentmesh/agentmesh/internal/ca"
 )
 
-// Event reasons of the CA Secret.
-const (
-	eventCACreated = "CACreated"
-	eventCALoaded  = "CALoaded"
-	eventCAInvalid = "CAInvalid"
-)
-
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -82,7 +75,7 @@ func (r *CAReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl
 		}
 		if r.Holder.Set(nil, fmt.Errorf("CA Secret %s: %w", r.Secret, err)) {
 			log.Info("the CA Secret is not usable; no certificate is issued until it is fixed", "reason", err.Error())
-			r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, eventCAInvalid, "Load",
+			r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, mtlsv1alpha1.EventCAInvalid, "Load",
 				"The CA cannot be used, no certificate is issued until it is fixed: %s", err.Error())
 		}
 		// Nothing to retry until the Secret changes, which the watch reports.
@@ -97,7 +90,7 @@ func (r *CAReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl
 		log.Info("loaded the agent CA", "serial", st.Active.SerialHex(), "notAfter", st.Active.Cert.NotAfter, "anchors", len(st.Anchors),
 			"rotation", st.Rotation.Phase)
 		if !errors.Is(prev, ca.ErrNotLoaded) {
-			r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, eventCALoaded, "Load",
+			r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, mtlsv1alpha1.EventCALoaded, "Load",
 				"Loaded CA %s (subject %q, valid until %s) with %d trust anchor(s)",
 				st.Active.SerialHex(), st.Active.Cert.Subject.String(), st.Active.Cert.NotAfter.UTC().Format(time.RFC3339), len(st.Anchors))
 		}
@@ -138,7 +131,7 @@ func (r *CAReconciler) bootstrap(ctx context.Context, now time.Time) (ctrl.Resul
 		Type: corev1.SecretTypeTLS,
 		Data: data,
 	}
-	if err := r.Client.Create(ctx, secret, client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Client.Create(ctx, secret, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			// Another replica was first; its Secret arrives through the watch.
 			return ctrl.Result{RequeueAfter: time.Second}, nil
@@ -146,7 +139,7 @@ func (r *CAReconciler) bootstrap(ctx context.Context, now time.Time) (ctrl.Resul
 		return ctrl.Result{}, fmt.Errorf("creating the CA Secret: %w", err)
 	}
 	log.Info("created a self-signed agent CA", "serial", a.SerialHex(), "notAfter", a.Cert.NotAfter)
-	r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, eventCACreated, "Create",
+	r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, mtlsv1alpha1.EventCACreated, "Create",
 		"Created self-signed CA %s for trust domain %s, valid until %s",
 		a.SerialHex(), r.TrustDomain.Name(), a.Cert.NotAfter.UTC().Format(time.RFC3339))
 	// Load what was written, as any other CA.

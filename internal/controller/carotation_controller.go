@@ -62,14 +62,14 @@ type CARotationReconciler struct {
 
 // RotationStatus is what agentmesh-ca-status shows.
 type RotationStatus struct {
-	Phase        ca.Phase `json:"phase"`
-	Reason       string   `json:"reason,omitempty"`
-	Compromised  bool     `json:"compromised,omitempty"`
-	Active       CAInfo   `json:"active"`
-	Next         *CAInfo  `json:"next,omitempty"`
-	Retired      []CAInfo `json:"retired,omitempty"`
-	Progress     Progress `json:"progress"`
-	NextRotation string   `json:"nextRotation,omitempty"`
+	Phase        ca.Phase    `json:"phase"`
+	Reason       string      `json:"reason,omitempty"`
+	Compromised  bool        `json:"compromised,omitempty"`
+	Active       CAInfo      `json:"active"`
+	Next         *CAInfo     `json:"next,omitempty"`
+	Retired      []CAInfo    `json:"retired,omitempty"`
+	Progress     ca.Progress `json:"progress"`
+	NextRotation string      `json:"nextRotation,omitempty"`
 }
 
 // CAInfo names a CA.
@@ -77,14 +77,6 @@ type CAInfo struct {
 	Serial   string `json:"serial"`
 	Subject  string `json:"subject"`
 	NotAfter string `json:"notAfter"`
-}
-
-// Progress is the rotation's progress in numbers.
-type Progress struct {
-	BundlesCurrent     int `json:"bundlesCurrent"`
-	Bundles            int `json:"bundles"`
-	IdentitiesOnActive int `json:"identitiesOnActive"`
-	Identities         int `json:"identities"`
 }
 
 // Reconcile advances the rotation by at most one step.
@@ -113,10 +105,7 @@ func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 		st.Rotation.Active != "" && st.Rotation.Active != st.Active.SerialHex() {
 		step, err = ca.AdoptReplacement(st, previous, sec.Data, sec.Annotations, now)
 	} else {
-		step, err = ca.PlanRotation(st, sec.Data, sec.Annotations, ca.Progress{
-			Bundles: progress.bundles, BundlesCurrent: progress.bundlesCurrent,
-			Leaves: progress.leaves, LeavesOnActive: progress.onActive, OthersExpireAt: progress.othersExpireAt,
-		}, now, r.Policy)
+		step, err = ca.PlanRotation(st, sec.Data, sec.Annotations, progress, now, r.Policy)
 	}
 	if err != nil {
 		return ctrl.Result{}, err
@@ -124,7 +113,7 @@ func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 	if step.Changed {
 		upd := sec.DeepCopy()
 		upd.Data, upd.Annotations = step.Data, step.Annotations
-		if err := r.Client.Update(ctx, upd, client.FieldOwner(FieldOwner)); err != nil {
+		if err := r.Client.Update(ctx, upd, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 			return ctrl.Result{}, fmt.Errorf("writing the CA rotation: %w", err)
 		}
 		for _, e := range step.Events {
@@ -144,7 +133,7 @@ func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 
 	status := r.status(st, progress, sec.Annotations[ca.AnnotationManaged] == "true")
 	if r.Metrics != nil {
-		r.Metrics.SetRotation(st, progress.leaves, progress.onActive)
+		r.Metrics.SetRotation(st, progress.Identities, progress.IdentitiesOnActive)
 	}
 	if err := r.writeStatus(ctx, status); err != nil {
 		return ctrl.Result{}, err
@@ -164,28 +153,22 @@ func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 // stableInterval is how often the CA status is refreshed between rotations.
 const stableInterval = 15 * time.Second
 
-type measured struct {
-	bundles, bundlesCurrent int
-	leaves, onActive        int
-	othersExpireAt          time.Time
-}
-
 // measure counts, from the caches, the trust bundles that hold the current
 // anchors and the identities whose certificate the active CA signed.
-func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now time.Time) (measured, error) {
-	var m measured
+func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now time.Time) (ca.Progress, error) {
+	var m ca.Progress
 	bundle, hash := st.BundlePEM(), st.BundleHash()
 	secrets := &corev1.SecretList{}
 	if err := r.Client.List(ctx, secrets, client.HasLabels{mtlsv1alpha1.LabelIdentity}, client.UnsafeDisableDeepCopy); err != nil {
 		return m, err
 	}
 	for i := range secrets.Items {
-		if _, ok := secrets.Items[i].Data["ca.crt"]; !ok {
+		if _, ok := secrets.Items[i].Data[mtlsv1alpha1.SecretTrustKey]; !ok {
 			continue
 		}
-		m.bundles++
-		if bytes.Equal(secrets.Items[i].Data["ca.crt"], bundle) {
-			m.bundlesCurrent++
+		m.Bundles++
+		if bytes.Equal(secrets.Items[i].Data[mtlsv1alpha1.SecretTrustKey], bundle) {
+			m.BundlesCurrent++
 		}
 	}
 	cms := &corev1.ConfigMapList{}
@@ -193,17 +176,17 @@ func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now ti
 		return m, err
 	}
 	for i := range cms.Items {
-		m.bundles++
+		m.Bundles++
 		if cms.Items[i].Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == hash {
-			m.bundlesCurrent++
+			m.BundlesCurrent++
 		}
 	}
 	ctb := &certv1.ClusterTrustBundle{}
 	switch err := r.Client.Get(ctx, types.NamespacedName{Name: ClusterTrustBundleName(r.TrustDomain)}, ctb); {
 	case err == nil:
-		m.bundles++
+		m.Bundles++
 		if ctb.Spec.TrustBundle == string(bundle) {
-			m.bundlesCurrent++
+			m.BundlesCurrent++
 		}
 	case !apierrors.IsNotFound(err):
 		return m, err
@@ -219,11 +202,11 @@ func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now ti
 		if err != nil {
 			continue
 		}
-		m.leaves++
+		m.Identities++
 		if st.SignedByActive(leaf) {
-			m.onActive++
-		} else if leaf.NotAfter.After(m.othersExpireAt) {
-			m.othersExpireAt = leaf.NotAfter
+			m.IdentitiesOnActive++
+		} else if leaf.NotAfter.After(m.OthersExpireAt) {
+			m.OthersExpireAt = leaf.NotAfter
 		}
 	}
 	ids := &mtlsv1alpha1.AgentIdentityList{}
@@ -236,24 +219,24 @@ func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now ti
 		if s.SerialNumber == "" || s.NotAfter == nil || !now.Before(s.NotAfter.Time) {
 			continue
 		}
-		m.leaves++
+		m.Identities++
 		if s.CASerial == active {
-			m.onActive++
-		} else if s.NotAfter.After(m.othersExpireAt) {
-			m.othersExpireAt = s.NotAfter.Time
+			m.IdentitiesOnActive++
+		} else if s.NotAfter.After(m.OthersExpireAt) {
+			m.OthersExpireAt = s.NotAfter.Time
 		}
 	}
 	return m, nil
 }
 
-func (r *CARotationReconciler) status(st *ca.State, m measured, managed bool) RotationStatus {
+func (r *CARotationReconciler) status(st *ca.State, m ca.Progress, managed bool) RotationStatus {
 	info := func(c *ca.Authority) CAInfo {
 		return CAInfo{Serial: c.SerialHex(), Subject: c.Cert.Subject.String(), NotAfter: c.Cert.NotAfter.UTC().Format(time.RFC3339)}
 	}
 	s := RotationStatus{
 		Phase: st.Rotation.Phase, Reason: st.Rotation.Reason, Compromised: st.Rotation.Compromised,
 		Active:   info(st.Active),
-		Progress: Progress{BundlesCurrent: m.bundlesCurrent, Bundles: m.bundles, IdentitiesOnActive: m.onActive, Identities: m.leaves},
+		Progress: m,
 	}
 	if st.Next != nil {
 		n := info(st.Next)
@@ -304,7 +287,7 @@ func (r *CARotationReconciler) writeStatus(ctx context.Context, s RotationStatus
 				Labels: map[string]string{mtlsv1alpha1.LabelManagedBy: mtlsv1alpha1.ManagedByValue}},
 			Data: data,
 		}
-		return client.IgnoreAlreadyExists(r.Client.Create(ctx, cm, client.FieldOwner(FieldOwner)))
+		return client.IgnoreAlreadyExists(r.Client.Create(ctx, cm, client.FieldOwner(mtlsv1alpha1.FieldManager)))
 	case err != nil:
 		return err
 	case maps.Equal(cm.Data, data):
@@ -312,7 +295,7 @@ func (r *CARotationReconciler) writeStatus(ctx context.Context, s RotationStatus
 	}
 	cm = cm.DeepCopy()
 	cm.Data = data
-	return r.Client.Update(ctx, cm, client.FieldOwner(FieldOwner))
+	return r.Client.Update(ctx, cm, client.FieldOwner(mtlsv1alpha1.FieldManager))
 }
 
 // SetupWithManager runs the rotation on the leader: on every change of the

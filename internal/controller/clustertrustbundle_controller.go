@@ -60,7 +60,7 @@ func (r *ClusterTrustBundleReconciler) Reconcile(ctx context.Context, _ reconcil
 			}},
 			Spec: certv1.ClusterTrustBundleSpec{SignerName: mtlsv1alpha1.PodCertificateSignerName, TrustBundle: want},
 		}
-		if err := r.Client.Create(ctx, ctb, client.FieldOwner(FieldOwner)); err != nil {
+		if err := r.Client.Create(ctx, ctb, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 			return ctrl.Result{}, fmt.Errorf("creating ClusterTrustBundle %s: %w", name, err)
 		}
 	case err != nil:
@@ -69,7 +69,7 @@ func (r *ClusterTrustBundleReconciler) Reconcile(ctx context.Context, _ reconcil
 		return ctrl.Result{}, nil
 	default:
 		ctb.Spec.TrustBundle = want
-		if err := r.Client.Update(ctx, ctb, client.FieldOwner(FieldOwner)); err != nil {
+		if err := r.Client.Update(ctx, ctb, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 			return ctrl.Result{}, fmt.Errorf("updating ClusterTrustBundle %s: %w", name, err)
 		}
 	}

@@ -29,10 +29,10 @@ var (
 	testRecorder events.EventRecorderLogger
 )
 
-// reconciler is an AgentIdentityReconciler for direct calls: it reads the
+// reconciler is a CertificateReconciler for direct calls: it reads the
 // API server without a cache, shares the fake clock and the running
 // operator's CA, and records real Events.
-func reconciler() *controller.AgentIdentityReconciler {
+func reconciler() *controller.CertificateReconciler {
 	recorderOnce.Do(func() {
 		cs := kubernetes.NewForConfigOrDie(env.Config)
 		b := events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
@@ -43,7 +43,7 @@ func reconciler() *controller.AgentIdentityReconciler {
 	if running != nil {
 		holder = running.op.CA
 	}
-	return &controller.AgentIdentityReconciler{
+	return &controller.CertificateReconciler{
 		Client:    k8s,
 		APIReader: k8s,
 		Recorder: testRecorder.(interface {

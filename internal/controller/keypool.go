@@ -52,9 +52,6 @@ func NewKeyPool(workers int) *KeyPool {
 	}
 }
 
-// Events reports identities whose key is ready, for a source.Channel.
-func (p *KeyPool) Events() <-chan event.GenericEvent { return p.events }
-
 // Take returns the key generated for the identity, if it is ready and of
 // the requested kind; otherwise it makes sure one is being generated and
 // returns ready=false. A key is handed out once.

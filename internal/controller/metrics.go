@@ -10,9 +10,6 @@ import (
 	"github.com/agentmesh/agentmesh/internal/ca"
 )
 
-// FieldOwner is the field manager of every write the operator makes.
-const FieldOwner = "agentmesh"
-
 // Metrics are the operator's Prometheus metrics, served with
 // controller-runtime's on the metrics endpoint.
 type Metrics struct {

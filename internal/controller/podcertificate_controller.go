@@ -106,7 +106,7 @@ func (r *PodCertificateSigner) Reconcile(ctx context.Context, req reconcile.Requ
 		Message:            fmt.Sprintf("issued %s for %s, valid until %s", ca.SerialHex(leaf.SerialNumber), ireq.SPIFFEID, leaf.NotAfter.UTC().Format(time.RFC3339)),
 		ObservedGeneration: pcr.Generation, LastTransitionTime: metav1.NewTime(now),
 	})
-	if err := r.Client.Status().Update(ctx, pcr, client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Client.Status().Update(ctx, pcr, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 		if apierrors.IsInvalid(err) {
 			// The API server refused the certificate: say so, once, rather
 			// than retrying the same refusal.
@@ -174,7 +174,7 @@ func (r *PodCertificateSigner) conclude(ctx context.Context, pcr *certv1.PodCert
 		Type: typ, Status: metav1.ConditionTrue, Reason: reason, Message: message,
 		ObservedGeneration: pcr.Generation, LastTransitionTime: metav1.NewTime(r.Clock.Now()),
 	})
-	if err := r.Client.Status().Update(ctx, pcr, client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Client.Status().Update(ctx, pcr, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 		return client.IgnoreNotFound(err)
 	}
 	if pod != nil {

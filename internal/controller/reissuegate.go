@@ -21,7 +21,13 @@ type ReissueGate struct {
 	every   time.Duration
 
 	mu    sync.Mutex
-	slots map[types.UID]time.Time
+	slots map[types.NamespacedName]time.Time
+	// last is the latest time the gate has admitted at. Workers read the
+	// clock before they queue for the gate, so their readings arrive out of
+	// order; a token bucket fed an earlier time than it last saw re-earns
+	// tokens for time it already counted, and would admit more than the
+	// rate. The gate never moves back.
+	last time.Time
 }
 
 // NewReissueGate admits perSecond reissues a second (burst: a tenth of a
@@ -32,35 +38,42 @@ func NewReissueGate(perSecond float64) *ReissueGate {
 		limiter: rate.NewLimiter(rate.Limit(perSecond), burst),
 		strict:  rate.NewLimiter(rate.Limit(perSecond), burst),
 		every:   time.Duration(float64(time.Second) / perSecond),
-		slots:   map[types.UID]time.Time{},
+		slots:   map[types.NamespacedName]time.Time{},
 	}
 }
 
-// Admit returns zero when the identity may be reissued now, or how long to
-// wait for its slot.
-func (g *ReissueGate) Admit(uid types.UID, now time.Time) time.Duration {
+// Admit returns how long the identity must wait for its slot, or zero and
+// the time it was admitted at: the caller issues with that time, so the
+// certificates' NotBefore obeys the rate the gate enforces. The admission
+// time is now, or a little later when another worker was admitted at a later
+// clock reading.
+func (g *ReissueGate) Admit(id types.NamespacedName, now time.Time) (time.Duration, time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if at, ok := g.slots[uid]; ok {
+	if now.Before(g.last) {
+		now = g.last
+	}
+	if at, ok := g.slots[id]; ok {
 		if now.Before(at) {
-			return at.Sub(now)
+			return at.Sub(now), time.Time{}
 		}
 	} else if d := g.limiter.ReserveN(now, 1).DelayFrom(now); d > 0 {
-		g.slots[uid] = now.Add(d)
-		return d
+		g.slots[id] = now.Add(d)
+		return d, time.Time{}
 	}
 	if !g.strict.AllowN(now, 1) {
 		// Late slots bunched up: come back after one interval.
-		g.slots[uid] = now.Add(g.every)
-		return g.every
+		g.slots[id] = now.Add(g.every)
+		return g.every, time.Time{}
 	}
-	delete(g.slots, uid)
-	return 0
+	delete(g.slots, id)
+	g.last = now
+	return 0, now
 }
 
 // Forget drops the slot of an identity that is gone.
-func (g *ReissueGate) Forget(uid types.UID) {
+func (g *ReissueGate) Forget(id types.NamespacedName) {
 	g.mu.Lock()
-	delete(g.slots, uid)
+	delete(g.slots, id)
 	g.mu.Unlock()
 }

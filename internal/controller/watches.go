@@ -7,11 +7,13 @@ import (
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -34,6 +36,49 @@ func PolicyBundleConfigMaps(obj client.Object) []string {
 		names = append(names, b.ConfigMap.Name)
 	}
 	return names
+}
+
+// Names of the two AgentIdentity controllers (in metrics and logs).
+const (
+	CertificateControllerName = "agentidentity-certificate"
+	TrustControllerName       = "agentidentity-trust"
+)
+
+// trustPublicationChanged lets through identity updates in which the trust
+// reconciler published its trust ConfigMap, stopped doing so, or changed
+// its PolicyResolved condition: what Ready depends on besides the
+// certificate.
+var trustPublicationChanged = predicate.Funcs{
+	CreateFunc:  func(event.CreateEvent) bool { return false },
+	DeleteFunc:  func(event.DeleteEvent) bool { return false },
+	GenericFunc: func(event.GenericEvent) bool { return false },
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*mtlsv1alpha1.AgentIdentity)
+		n, ok2 := e.ObjectNew.(*mtlsv1alpha1.AgentIdentity)
+		if !ok1 || !ok2 {
+			return false
+		}
+		if o.Status.TrustConfigMap != n.Status.TrustConfigMap {
+			return true
+		}
+		a := meta.FindStatusCondition(o.Status.Conditions, mtlsv1alpha1.ConditionPolicyResolved)
+		b := meta.FindStatusCondition(n.Status.Conditions, mtlsv1alpha1.ConditionPolicyResolved)
+		return (a == nil) != (b == nil) || (a != nil && (a.Status != b.Status || a.Reason != b.Reason || a.Message != b.Message))
+	},
+}
+
+// enqueueAllIdentities queues every AgentIdentity (after a CA change).
+func enqueueAllIdentities(c client.Reader) func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	return func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		list := &mtlsv1alpha1.AgentIdentityList{}
+		if err := c.List(ctx, list, client.UnsafeDisableDeepCopy); err != nil {
+			logf.FromContext(ctx).Error(err, "listing AgentIdentities after a CA change")
+			return
+		}
+		for i := range list.Items {
+			q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
 }
 
 // labelsChanged lets through creations, deletions and updates that change

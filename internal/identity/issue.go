@@ -152,9 +152,9 @@ func ExpectedChain(st *ca.State) []*x509.Certificate {
 
 // Secret data keys of an identity Secret (type kubernetes.io/tls).
 const (
-	SecretCertKey  = "tls.crt"
-	SecretKeyKey   = "tls.key"
-	SecretTrustKey = "ca.crt"
+	SecretCertKey  = mtlsv1alpha1.SecretCertKey
+	SecretKeyKey   = mtlsv1alpha1.SecretKeyKey
+	SecretTrustKey = mtlsv1alpha1.SecretTrustKey
 )
 
 // SecretData renders the Secret data: tls.crt (leaf and chain), tls.key

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/agentid"
 )
 
 // Bounds of the API, enforced again here because the reconciler never
@@ -43,19 +44,13 @@ type Request struct {
 	RenewBeforePercentage *int32
 }
 
-// SPIFFEID is the SPIFFE ID of the identity name in namespace ns:
-// spiffe://<td>/ns/<ns>/agent/<name>.
-func SPIFFEID(td spiffeid.TrustDomain, ns, name string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "ns", ns, "agent", name)
-}
-
 // NewRequest validates the identity and resolves its issuance request.
 // Validation errors name the field, like admission errors do.
 func NewRequest(td spiffeid.TrustDomain, id *mtlsv1alpha1.AgentIdentity) (Request, error) {
 	if errs := Validate(id); len(errs) > 0 {
 		return Request{}, errs.ToAggregate()
 	}
-	sid, err := SPIFFEID(td, id.Namespace, id.Name)
+	sid, err := agentid.ID(td, id.Namespace, id.Name)
 	if err != nil {
 		return Request{}, fmt.Errorf("metadata.name: cannot form a SPIFFE ID: %w", err)
 	}

@@ -247,7 +247,7 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the CA rotation controller: %w", err)
 	}
-	if err := (&controller.AgentIdentityReconciler{
+	if err := (&controller.CertificateReconciler{
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
 		Recorder:                rec,
@@ -257,12 +257,22 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		Reissue:                 controller.NewReissueGate(cfg.ReissueRate),
 		Metrics:                 metrics,
 		TrustDomain:             cfg.TrustDomain,
+		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the AgentIdentity certificate controller: %w", err)
+	}
+	if err := (&controller.TrustReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Clock:                   cfg.Clock,
+		CA:                      holder,
+		TrustDomain:             cfg.TrustDomain,
 		DefaultPosture:          cfg.DefaultPosture,
 		BundleReader:            bundleCache,
 		BundleCache:             bundleCache,
 		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
 	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the AgentIdentity controller: %w", err)
+		return nil, fmt.Errorf("setting up the AgentIdentity trust controller: %w", err)
 	}
 	if err := (&controller.AgentTrustPolicyReconciler{
 		Client:                  mgr.GetClient(),

@@ -10,22 +10,26 @@ import (
 	"slices"
 
 	"github.com/agentmesh/agentmesh/internal/ca"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 )
 
 // Keys of a trust ConfigMap (<identity>-trust).
 const (
-	BundleKey = "bundle.pem"
-	PolicyKey = "policy.json"
+	BundleKey = mtlsv1alpha1.TrustBundleKey
+	PolicyKey = mtlsv1alpha1.TrustPolicyKey
 )
 
 // MaxTrustDataSize caps what a trust ConfigMap holds (bundle.pem and
-// policy.json together), well below the API server's 1 MiB object limit.
-const MaxTrustDataSize = 512 << 10
+// policy.json together), well below the API server's 1 MiB object limit;
+// bundle.pem alone is then within ca.MaxBundlePEMSize, which the operator
+// and the SDK read it with.
+const MaxTrustDataSize = ca.MaxBundlePEMSize
 
-// ParseBundle parses the PEM of a federated trust domain's bundle: size
-// capped, certificates only, and every one a CA.
+// ParseBundle parses the PEM of a federated trust domain's bundle: within
+// the bundle caps, certificates only, and every one a CA.
 func ParseBundle(pemData []byte) ([]*x509.Certificate, error) {
-	certs, err := ca.ParseCertificatesPEM(pemData)
+	certs, err := ca.ParseBundlePEM(pemData)
 	if err != nil {
 		return nil, err
 	}
@@ -66,6 +70,7 @@ func Render(eff *Effective, bundles map[string][]*x509.Certificate) (Output, err
 		domains = append([]string{eff.TrustDomain}, domains...)
 	}
 	var b bytes.Buffer
+	written := 0
 	eff.TrustDomains = map[string][]string{}
 	for _, td := range domains {
 		fps := []string{}
@@ -75,6 +80,7 @@ func Render(eff *Effective, bundles map[string][]*x509.Certificate) (Output, err
 				continue
 			}
 			fps = append(fps, fp)
+			written++
 			fmt.Fprintf(&b, "# trust domain: %s, subject: %s\n", td, c.Subject.String())
 			b.Write(ca.EncodeCertificatesPEM(c))
 		}
@@ -85,16 +91,21 @@ func Render(eff *Effective, bundles map[string][]*x509.Certificate) (Output, err
 		return Output{}, err
 	}
 	out := Output{BundlePEM: b.Bytes(), PolicyJSON: append(pj, '\n')}
-	if n := len(out.BundlePEM) + len(out.PolicyJSON); n > MaxTrustDataSize {
-		return out, &TooLargeError{Size: n}
+	if n := len(out.BundlePEM) + len(out.PolicyJSON); n > MaxTrustDataSize || written > ca.MaxBundleCertificates {
+		return out, &TooLargeError{Size: n, Certificates: written}
 	}
 	return out, nil
 }
 
-// TooLargeError says a trust ConfigMap would exceed MaxTrustDataSize.
-type TooLargeError struct{ Size int }
+// TooLargeError says a trust ConfigMap would exceed MaxTrustDataSize or
+// hold more than ca.MaxBundleCertificates CAs.
+type TooLargeError struct{ Size, Certificates int }
 
 func (e *TooLargeError) Error() string {
+	if e.Certificates > ca.MaxBundleCertificates {
+		return fmt.Sprintf("the trust bundle would hold %d CA certificates, over the limit of %d: federate fewer CAs",
+			e.Certificates, ca.MaxBundleCertificates)
+	}
 	return fmt.Sprintf("the trust bundle and policy would take %d bytes, over the limit of %d: "+
 		"select peers by namespace (a prefix) instead of listing identities, or federate fewer CAs", e.Size, MaxTrustDataSize)
 }
@@ -107,7 +118,7 @@ func PreviousBundles(out Output) map[string][]*x509.Certificate {
 	if err := json.Unmarshal(out.PolicyJSON, &eff); err != nil || len(out.BundlePEM) == 0 {
 		return nil
 	}
-	certs, err := ca.ParseCertificatesPEM(out.BundlePEM)
+	certs, err := ca.ParseBundlePEM(out.BundlePEM)
 	if err != nil {
 		return nil
 	}

@@ -112,7 +112,7 @@ func Compile(p *mtlsv1alpha1.AgentTrustPolicy) *Compiled {
 		seen[td.Name()] = true
 		key := b.ConfigMap.Key
 		if key == "" {
-			key = "ca.crt"
+			key = mtlsv1alpha1.SecretTrustKey
 		}
 		c.TrustBundles = append(c.TrustBundles, BundleRef{TrustDomain: td, ConfigMap: b.ConfigMap.Name, Key: key})
 	}

@@ -296,7 +296,7 @@ func TestParseBundle(t *testing.T) {
 	}{
 		"garbage":     {[]byte("hello"), "no PEM certificate found"},
 		"not a CA":    {ca.EncodeCertificatesPEM(good, newCACert(t, false)), `certificate 2 (subject "CN=ca-false") is not a CA certificate`},
-		"oversized":   {[]byte(strings.Repeat("x", ca.MaxCertificatesPEMSize+1)), "over the limit"},
+		"oversized":   {[]byte(strings.Repeat("x", ca.MaxBundlePEMSize+1)), "over the limit"},
 		"private key": {[]byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), `type "PRIVATE KEY"`},
 	} {
 		if _, err := ParseBundle(tc.pem); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -332,6 +332,37 @@ func TestRenderAndPreviousBundles(t *testing.T) {
 	}
 	if out.ContentHash() == (Output{BundlePEM: out.BundlePEM, PolicyJSON: []byte("{}")}).ContentHash() {
 		t.Error("content hash ignores policy.json")
+	}
+}
+
+// TestPreviousBundlesKeepsManyFederatedCAs: a trust ConfigMap federating 40
+// CAs (more than a tls.crt may hold) is read back whole, so that "the last
+// good bundle is kept" keeps all of them; a bundle of as many CAs as fit in
+// MaxTrustDataSize parses too.
+func TestPreviousBundlesKeepsManyFederatedCAs(t *testing.T) {
+	own := newCACert(t, true)
+	var partners []*x509.Certificate
+	for range 40 {
+		partners = append(partners, newCACert(t, true))
+	}
+	eff, _ := resolve(t, "agents/worker", AllowAuthenticated)
+	out, err := Render(eff, map[string][]*x509.Certificate{"cluster.local": {own}, "partner.example": partners})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := PreviousBundles(out)
+	if len(prev["partner.example"]) != 40 || len(prev["cluster.local"]) != 1 {
+		t.Fatalf("read back %d of 40 federated CAs and %d own", len(prev["partner.example"]), len(prev["cluster.local"]))
+	}
+	if certs, err := ParseBundle(out.BundlePEM); err != nil || len(certs) != 41 {
+		t.Fatalf("ParseBundle: %d certificates, %v", len(certs), err)
+	}
+	for len(out.BundlePEM)+len(out.PolicyJSON) < MaxTrustDataSize-4096 {
+		partners = append(partners, partners[len(partners)%40])
+		out.BundlePEM = append(out.BundlePEM, ca.EncodeCertificatesPEM(partners[0])...)
+	}
+	if _, err := ca.ParseBundlePEM(out.BundlePEM); err != nil {
+		t.Errorf("a bundle of %d bytes (%d certificates) does not parse: %v", len(out.BundlePEM), len(partners), err)
 	}
 }
 

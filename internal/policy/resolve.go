@@ -6,6 +6,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/agentmesh/agentmesh/internal/agentid"
 )
 
 // SchemaVersion is the version of the policy.json contract.
@@ -118,7 +120,7 @@ type Input struct {
 // the policies that select the identity (for its trust bundles and status),
 // sorted by name.
 func Resolve(in Input) (*Effective, []*Compiled) {
-	self, _ := spiffeid.FromSegments(in.TrustDomain, "ns", in.Identity.Namespace, "agent", in.Identity.Name)
+	self, _ := agentid.ID(in.TrustDomain, in.Identity.Namespace, in.Identity.Name)
 	eff := &Effective{Version: SchemaVersion, SPIFFEID: self.String(), TrustDomain: in.TrustDomain.Name()}
 	var selecting []*Compiled
 	for _, p := range in.Policies {
@@ -204,7 +206,7 @@ func addPeer(a *Allowed, in Input, p *Compiled, peer Peer) {
 		}
 		for _, id := range in.World.Identities(ns) {
 			if peer.IdentitySelector.Matches(labels.Set(id.Labels)) {
-				sid, err := spiffeid.FromSegments(in.TrustDomain, "ns", id.Namespace, "agent", id.Name)
+				sid, err := agentid.ID(in.TrustDomain, id.Namespace, id.Name)
 				if err == nil {
 					a.SPIFFEIDs = append(a.SPIFFEIDs, sid.String())
 				}
@@ -216,7 +218,7 @@ func addPeer(a *Allowed, in Input, p *Compiled, peer Peer) {
 func trustDomainPrefix(td spiffeid.TrustDomain) string { return td.IDString() + "/" }
 
 func namespacePrefix(td spiffeid.TrustDomain, ns string) string {
-	return td.IDString() + "/ns/" + ns + "/"
+	return agentid.NamespacePrefix(td, ns)
 }
 
 // normalize sorts and deduplicates, and drops what a broader entry covers:

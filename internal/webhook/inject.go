@@ -45,8 +45,8 @@ func (t Target) Volume() corev1.Volume {
 	creds := corev1.VolumeProjection{Secret: &corev1.SecretProjection{
 		LocalObjectReference: corev1.LocalObjectReference{Name: t.SecretName},
 		Items: []corev1.KeyToPath{
-			{Key: "tls.crt", Path: mtlsv1alpha1.FileCert},
-			{Key: "tls.key", Path: mtlsv1alpha1.FileKey},
+			{Key: mtlsv1alpha1.SecretCertKey, Path: mtlsv1alpha1.FileCert},
+			{Key: mtlsv1alpha1.SecretKeyKey, Path: mtlsv1alpha1.FileKey},
 		},
 	}}
 	if pc := t.PodCertificate; pc != nil {
@@ -70,8 +70,8 @@ func (t Target) Volume() corev1.Volume {
 				{ConfigMap: &corev1.ConfigMapProjection{
 					LocalObjectReference: corev1.LocalObjectReference{Name: t.TrustConfigMapName},
 					Items: []corev1.KeyToPath{
-						{Key: "bundle.pem", Path: mtlsv1alpha1.FileBundle},
-						{Key: "policy.json", Path: mtlsv1alpha1.FilePolicy},
+						{Key: mtlsv1alpha1.TrustBundleKey, Path: mtlsv1alpha1.FileBundle},
+						{Key: mtlsv1alpha1.TrustPolicyKey, Path: mtlsv1alpha1.FilePolicy},
 					},
 				}},
 			},

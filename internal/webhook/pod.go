@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/agentid"
 	"github.com/agentmesh/agentmesh/internal/identity"
 )
 
@@ -58,7 +59,7 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 	if msgs := validation.IsDNS1123Label(name); len(msgs) > 0 {
 		return admission.Denied(fmt.Sprintf("label %s=%q does not name an AgentIdentity: %s", mtlsv1alpha1.LabelIdentity, name, strings.Join(msgs, "; ")))
 	}
-	sid, err := spiffeid.FromSegments(h.TrustDomain, "ns", ns, "agent", name)
+	sid, err := agentid.ID(h.TrustDomain, ns, name)
 	if err != nil {
 		return admission.Denied(fmt.Sprintf("label %s=%q: %v", mtlsv1alpha1.LabelIdentity, name, err))
 	}

@@ -69,13 +69,6 @@ func (m *Manager) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	return m.serving.TLS, nil
 }
 
-// Serving returns the serving certificate in use, if any.
-func (m *Manager) Serving() *Serving {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return m.serving
-}
-
 // Ready fails until a serving certificate exists and the webhook
 // configurations trust its CA.
 func (m *Manager) Ready(*http.Request) error {
@@ -177,9 +170,9 @@ func (m *Manager) syncSecret(ctx context.Context, now time.Time, policy Policy) 
 		sec.Annotations[k] = v
 	}
 	if sec.ResourceVersion == "" {
-		err = m.Client.Create(ctx, sec, client.FieldOwner("agentmesh"))
+		err = m.Client.Create(ctx, sec, client.FieldOwner(mtlsv1alpha1.FieldManager))
 	} else {
-		err = m.Client.Update(ctx, sec, client.FieldOwner("agentmesh"))
+		err = m.Client.Update(ctx, sec, client.FieldOwner(mtlsv1alpha1.FieldManager))
 	}
 	if err != nil {
 		// Another replica wrote first (AlreadyExists, Conflict): the next
@@ -213,7 +206,7 @@ func (m *Manager) syncBundle(ctx context.Context, bundle []byte) error {
 			}
 		}
 		if changed {
-			if err := m.Client.Update(ctx, mut, client.FieldOwner("agentmesh")); err != nil {
+			if err := m.Client.Update(ctx, mut, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 				return fmt.Errorf("updating the caBundle of MutatingWebhookConfiguration %s: %w", m.ConfigName, err)
 			}
 			logf.FromContext(ctx).Info("caBundle updated", "mutatingWebhookConfiguration", m.ConfigName)
@@ -234,7 +227,7 @@ func (m *Manager) syncBundle(ctx context.Context, bundle []byte) error {
 			}
 		}
 		if changed {
-			if err := m.Client.Update(ctx, val, client.FieldOwner("agentmesh")); err != nil {
+			if err := m.Client.Update(ctx, val, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 				return fmt.Errorf("updating the caBundle of ValidatingWebhookConfiguration %s: %w", m.ConfigName, err)
 			}
 			logf.FromContext(ctx).Info("caBundle updated", "validatingWebhookConfiguration", m.ConfigName)

@@ -16,15 +16,17 @@ import (
 	"time"
 
 	"github.com/agentmesh/agentmesh/internal/ca"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 )
 
 // Keys and annotation of the webhook CA Secret.
 const (
 	// KeyCert and KeyKey hold the CA that signs serving certificates.
-	KeyCert = "tls.crt"
-	KeyKey  = "tls.key"
+	KeyCert = mtlsv1alpha1.SecretCertKey
+	KeyKey  = mtlsv1alpha1.SecretKeyKey
 	// KeyBundle holds every CA the API server must trust: the caBundle.
-	KeyBundle = "ca.crt"
+	KeyBundle = mtlsv1alpha1.SecretTrustKey
 	// KeyNextCert and KeyNextKey hold the next CA while it is published in
 	// the bundle but not yet signing.
 	KeyNextCert = "next.crt"

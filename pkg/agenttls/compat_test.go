@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/policy"
 	"github.com/agentmesh/agentmesh/pkg/agenttls"
 	"github.com/agentmesh/agentmesh/pkg/agenttls/agenttlstest"
@@ -134,5 +135,43 @@ func TestOperatorRenderedFiles(t *testing.T) {
 			}
 			mustContain(t, r.err.Error(), tc.err)
 		})
+	}
+}
+
+// TestCapsAgreeWithTheOperator pins the SDK's file caps to the operator's,
+// and loads a trust ConfigMap federating 80 CAs (more than a chain may
+// hold) that the operator rendered.
+func TestCapsAgreeWithTheOperator(t *testing.T) {
+	if agenttls.MaxBundleFileSize != ca.MaxBundlePEMSize || agenttls.MaxBundleFileCertificates != ca.MaxBundleCertificates ||
+		agenttls.MaxCertFileSize != ca.MaxCertificatesPEMSize || agenttls.MaxCertFileCertificates != ca.MaxCertificatesPerPEM ||
+		policy.MaxTrustDataSize > agenttls.MaxBundleFileSize {
+		t.Fatalf("caps differ: SDK bundle %d bytes / %d certificates, chain %d / %d; operator bundle %d / %d, chain %d / %d, trust data %d",
+			agenttls.MaxBundleFileSize, agenttls.MaxBundleFileCertificates, agenttls.MaxCertFileSize, agenttls.MaxCertFileCertificates,
+			ca.MaxBundlePEMSize, ca.MaxBundleCertificates, ca.MaxCertificatesPEMSize, ca.MaxCertificatesPerPEM, policy.MaxTrustDataSize)
+	}
+	local := newCA(t, tdLocal)
+	var partners []*x509.Certificate
+	for range 80 {
+		partners = append(partners, newCA(t, tdPartner).Root)
+	}
+	out := operatorTrust(t, map[string][]*x509.Certificate{"cluster.local": {local.Root}, "partner.example": partners})
+	payload, err := agenttlstest.Payload(issue(t, local, workerID), agenttlstest.Trust{BundlePEM: out.BundlePEM, PolicyJSON: out.PolicyJSON})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := agenttlstest.NewAtomicWriter(filepath.Join(t.TempDir(), "agentmesh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	src, err := agenttls.NewSource(agenttls.WithDir(w.Dir()), agenttls.WithLogger(discard()))
+	if err != nil {
+		t.Fatalf("the SDK refused a bundle of 81 CAs: %v", err)
+	}
+	defer src.Close()
+	if tds := src.Snapshot().TrustDomains(); len(tds) != 2 {
+		t.Errorf("trust domains %v", tds)
 	}
 }

@@ -44,11 +44,17 @@ const (
 // a projected volume.
 const dataLink = "..data"
 
-// Size caps, checked while reading, before anything is decoded.
+// Caps of the files, checked while reading, before anything is decoded.
+// They are the operator's own: what it writes, the SDK reads.
 const (
-	maxCertSize   = 64 << 10
-	maxKeySize    = 16 << 10
-	maxBundleSize = 512 << 10
+	// MaxCertFileSize and MaxCertFileCertificates cap tls.crt.
+	MaxCertFileSize         = 64 << 10
+	MaxCertFileCertificates = 32
+	// MaxBundleFileSize and MaxBundleFileCertificates cap bundle.pem.
+	MaxBundleFileSize         = 512 << 10
+	MaxBundleFileCertificates = 1024
+
+	maxKeySize = 16 << 10
 )
 
 // Files are the paths of the four identity files.
@@ -152,13 +158,13 @@ func dataTargets(dirs []string) []string {
 func readFiles(f Files) (*raw, error) {
 	var r raw
 	var err error
-	if r.cert, err = readCapped(f.Cert, maxCertSize); err != nil {
+	if r.cert, err = readCapped(f.Cert, MaxCertFileSize); err != nil {
 		return nil, err
 	}
 	if r.key, err = readCapped(f.Key, maxKeySize); err != nil {
 		return nil, err
 	}
-	if r.bundle, err = readCapped(f.Bundle, maxBundleSize); err != nil {
+	if r.bundle, err = readCapped(f.Bundle, MaxBundleFileSize); err != nil {
 		return nil, err
 	}
 	if r.policy, err = readCapped(f.Policy, maxPolicySize); err != nil {

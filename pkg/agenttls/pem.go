@@ -11,12 +11,10 @@ import (
 	"fmt"
 )
 
-// maxCertificatesPerPEM caps the certificates of one file.
-const maxCertificatesPerPEM = 64
-
-// parseCertificatesPEM decodes every CERTIFICATE block; text between blocks
-// (bundle.pem's comment lines) is skipped, other block types are an error.
-func parseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
+// parseCertificatesPEM decodes every CERTIFICATE block, at most max of
+// them; text between blocks (bundle.pem's comment lines) is skipped, other
+// block types are an error.
+func parseCertificatesPEM(b []byte, max int) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for rest := b; ; {
 		var block *pem.Block
@@ -27,8 +25,8 @@ func parseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
 		if block.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("PEM block %d is of type %q, want CERTIFICATE", len(certs)+1, block.Type)
 		}
-		if len(certs) == maxCertificatesPerPEM {
-			return nil, fmt.Errorf("more than %d certificates", maxCertificatesPerPEM)
+		if len(certs) == max {
+			return nil, fmt.Errorf("more than %d certificates", max)
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {

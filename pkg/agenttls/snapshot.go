@@ -50,7 +50,7 @@ func Load(files Files) (*Snapshot, error) {
 // names is in bundle.pem, and the leaf verifies against the CAs of its own
 // trust domain. Errors never quote the key.
 func parse(r *raw) (*Snapshot, error) {
-	certs, err := parseCertificatesPEM(r.cert)
+	certs, err := parseCertificatesPEM(r.cert, MaxCertFileCertificates)
 	if err != nil {
 		return nil, fmt.Errorf("agentmesh: %s: %w", CertFileName, err)
 	}
@@ -125,7 +125,7 @@ func checkLeaf(leaf *x509.Certificate, id spiffeid.ID) error {
 // trusted for nothing; a listed fingerprint missing from bundle.pem makes the
 // files inconsistent.
 func mapBundle(pemData []byte, pol *Policy) (map[spiffeid.TrustDomain]*x509bundle.Bundle, int, error) {
-	certs, err := parseCertificatesPEM(pemData)
+	certs, err := parseCertificatesPEM(pemData, MaxBundleFileCertificates)
 	if err != nil {
 		return nil, 0, fmt.Errorf("agentmesh: %s: %w", BundleFileName, err)
 	}

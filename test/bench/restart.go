@@ -6,18 +6,21 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/agentmesh/agentmesh/internal/controller"
 )
 
 // restartResult is one cold restart of the manager over every identity.
 type restartResult struct {
 	Label string
 	// Ready is when /readyz first answered 200; Synced when the
-	// AgentIdentity controller's first reconcile was counted (its workers
+	// AgentIdentity certificate controller's first reconcile was counted (its workers
 	// start once the caches have synced); Drained when every identity had
 	// been reconciled, every work queue was empty and the reconcile counts
 	// stayed still for quiet; all from the process's start.
 	Ready, Synced, Drained time.Duration
-	// Reconciles counts the AgentIdentity reconciles until Drained.
+	// Reconciles counts the certificate controller's reconciles until
+	// Drained (the trust controller makes as many).
 	Reconciles float64
 	// Writes are the manager's POST, PUT, PATCH and DELETE requests over
 	// its whole run (rest_client_requests_total), and APIWrites the write
@@ -112,7 +115,7 @@ func (e *env) runRestart(ctx context.Context, label string, identities int) (res
 		if err != nil {
 			continue // not serving yet
 		}
-		total := m.sum("controller_runtime_reconcile_total", map[string]string{"controller": "agentidentity"})
+		total := m.sum("controller_runtime_reconcile_total", map[string]string{"controller": controller.CertificateControllerName})
 		all := m.sum("controller_runtime_reconcile_total", nil)
 		depth := m.sum("workqueue_depth", nil)
 		if res.Synced == 0 && total > 0 {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -8,17 +9,140 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/identity"
 	"github.com/agentmesh/agentmesh/internal/policy"
 )
+
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agenttrustpolicies,verbs=get;list;watch
+
+// TrustReconciler publishes every AgentIdentity's trust ConfigMap
+// (<name>-trust: the trust bundle and the effective policy compiled from the
+// AgentTrustPolicies that select it) and writes the trust part of its
+// status: trustConfigMap (set only while a trust ConfigMap is in place),
+// policies and PolicyResolved.
+type TrustReconciler struct {
+	// Client reads through the operator's caches and writes to the API
+	// server.
+	Client client.Client
+	// APIReader reads past the cache, to tell a ConfigMap that is not ours
+	// from one the cache has not seen yet.
+	APIReader   client.Reader
+	Clock       clock.PassiveClock
+	CA          *ca.Holder
+	TrustDomain spiffeid.TrustDomain
+	// DefaultPosture applies to a direction that no AgentTrustPolicy governs.
+	DefaultPosture policy.Posture
+	// BundleReader reads ConfigMaps labelled as federated trust bundles;
+	// BundleCache is the same cache, watched for changes.
+	BundleReader client.Reader
+	BundleCache  cache.Cache
+	// MaxConcurrentReconciles is the number of parallel workers.
+	MaxConcurrentReconciles int
+
+	status statusWriter
+}
+
+// trustScope is what one trust pass works on.
+type trustScope struct {
+	id       *mtlsv1alpha1.AgentIdentity
+	original *mtlsv1alpha1.AgentIdentity
+	now      time.Time
+	ca       *ca.State
+}
+
+// Reconcile brings one AgentIdentity's trust ConfigMap and the trust part
+// of its status up to date. An identity whose spec is invalid, or a CA that
+// is not usable, is the certificate reconciler's to report: nothing is
+// published then, and what is in place stays.
+func (r *TrustReconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Result, error) {
+	id := &mtlsv1alpha1.AgentIdentity{}
+	if err := r.Client.Get(ctx, req.NamespacedName, id); err != nil {
+		if apierrors.IsNotFound(err) {
+			// The ConfigMap goes with its owner through garbage collection.
+			r.status.forget(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if !id.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	if _, err := identity.NewRequest(r.TrustDomain, id); err != nil {
+		return ctrl.Result{}, nil
+	}
+	st, err := r.CA.Get()
+	if err != nil {
+		// A CA change queues every identity again.
+		return ctrl.Result{}, nil
+	}
+	s := &trustScope{id: id, original: id.DeepCopy(), now: r.Clock.Now(), ca: st}
+	trust, err := r.publishTrust(ctx, s)
+	if err != nil {
+		// Nothing was written; what is in place stays until a pass succeeds.
+		return ctrl.Result{}, err
+	}
+	s.id.Status.TrustConfigMap = ""
+	if trust.published {
+		s.id.Status.TrustConfigMap = s.id.TrustConfigMapName()
+	}
+	status := metav1.ConditionFalse
+	if trust.reason == mtlsv1alpha1.ReasonCompiled {
+		status = metav1.ConditionTrue
+	}
+	setIdentityCondition(s.id, s.now, mtlsv1alpha1.ConditionPolicyResolved, status, trust.reason, trust.message)
+	return ctrl.Result{}, r.status.write(ctx, r.Client, mtlsv1alpha1.FieldManagerTrust, trustStatus, s.original, s.id)
+}
+
+// SetupWithManager watches AgentIdentities (spec and label changes: labels
+// decide which policies select an identity), their trust ConfigMaps, the
+// policies of their namespace, what those policies' peers and bundles
+// depend on (other identities, namespace labels, bundle ConfigMaps), and CA
+// changes (the trust anchors), which queue every identity.
+func (r *TrustReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	caChanged := r.CA.Subscribe()
+	c := mgr.GetClient()
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named(TrustControllerName).
+		For(&mtlsv1alpha1.AgentIdentity{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
+		Owns(&corev1.ConfigMap{}).
+		Watches(&mtlsv1alpha1.AgentTrustPolicy{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+			return identitiesIn(ctx, c, obj.GetNamespace())
+		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&mtlsv1alpha1.AgentIdentity{}, handler.EnqueueRequestsFromMapFunc(dependentsOfIdentity(c)), builder.WithPredicates(labelsChanged)).
+		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(dependentsOfNamespace(c)), builder.WithPredicates(labelsChanged))
+	if r.BundleCache != nil {
+		b = b.WatchesRawSource(source.Kind(r.BundleCache, &corev1.ConfigMap{}, handler.TypedEnqueueRequestsFromMapFunc(dependentsOfBundle(c))))
+	}
+	return b.
+		WatchesRawSource(onSignal(caChanged, enqueueAllIdentities(c))).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
+		Complete(r)
+}
 
 // trustResult is what the trust phase found, for the conditions.
 type trustResult struct {
@@ -32,9 +156,8 @@ type trustResult struct {
 // publishTrust resolves every AgentTrustPolicy that selects the identity
 // into its effective policy, assembles its trust bundle, and writes both
 // into the identity's trust ConfigMap when they changed.
-func (r *AgentIdentityReconciler) publishTrust(ctx context.Context, s *identityScope) (trustResult, error) {
+func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trustResult, error) {
 	name := s.id.TrustConfigMapName()
-	s.id.Status.TrustConfigMap = name
 	existing := &corev1.ConfigMap{}
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: name}, existing); err != nil {
 		if !apierrors.IsNotFound(err) {
@@ -75,13 +198,19 @@ func (r *AgentIdentityReconciler) publishTrust(ctx context.Context, s *identityS
 		}
 	}
 
+	world := &cacheWorld{ctx: ctx, c: r.Client}
 	eff, selecting := policy.Resolve(policy.Input{
 		TrustDomain: r.TrustDomain,
 		Default:     r.DefaultPosture,
 		Identity:    policy.Identity{Namespace: s.id.Namespace, Name: s.id.Name, Labels: s.id.Labels},
 		Policies:    compiled,
-		World:       &cacheWorld{ctx: ctx, c: r.Client},
+		World:       world,
 	})
+	if world.err != nil {
+		// A peer list that could not be read would narrow (or, for an
+		// exception, widen) the policy: write nothing.
+		return trustResult{}, fmt.Errorf("resolving the policies: %w", world.err)
+	}
 	names := make([]string, 0, len(selecting))
 	keys := make([]string, 0, len(selecting))
 	var problems []string
@@ -133,7 +262,7 @@ func (r *AgentIdentityReconciler) publishTrust(ctx context.Context, s *identityS
 // refreshAnchors keeps a trust ConfigMap whose policy is frozen (kept
 // because of an error) current in one respect: the own trust domain's CAs,
 // which a CA rotation must be able to propagate whatever the policies say.
-func (r *AgentIdentityReconciler) refreshAnchors(ctx context.Context, s *identityScope, existing *corev1.ConfigMap, previous policy.Output) error {
+func (r *TrustReconciler) refreshAnchors(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output) error {
 	if existing.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == s.ca.BundleHash() {
 		return nil
 	}
@@ -158,7 +287,7 @@ func (r *AgentIdentityReconciler) refreshAnchors(ctx context.Context, s *identit
 // that cannot be read keeps its last good content from the previous
 // ConfigMap (or is left out when there is none, which refuses that trust
 // domain's peers rather than trusting something unchecked).
-func (r *AgentIdentityReconciler) trustBundles(ctx context.Context, s *identityScope, selecting []*policy.Compiled, previous policy.Output) (map[string][]*x509.Certificate, []string) {
+func (r *TrustReconciler) trustBundles(ctx context.Context, s *trustScope, selecting []*policy.Compiled, previous policy.Output) (map[string][]*x509.Certificate, []string) {
 	own := r.TrustDomain.Name()
 	bundles := map[string][]*x509.Certificate{own: s.ca.Anchors}
 	var prev map[string][]*x509.Certificate
@@ -192,7 +321,7 @@ func (r *AgentIdentityReconciler) trustBundles(ctx context.Context, s *identityS
 // readBundle reads a federated bundle from its ConfigMap, through the cache
 // of ConfigMaps labelled as trust bundles. A ConfigMap that is not there is
 // looked up directly, to tell "missing" from "not labelled".
-func (r *AgentIdentityReconciler) readBundle(ctx context.Context, ns string, ref policy.BundleRef) ([]*x509.Certificate, error) {
+func (r *TrustReconciler) readBundle(ctx context.Context, ns string, ref policy.BundleRef) ([]*x509.Certificate, error) {
 	return ReadTrustBundle(ctx, r.BundleReader, r.APIReader, ns, ref)
 }
 
@@ -220,7 +349,7 @@ func ReadTrustBundle(ctx context.Context, cached, live client.Reader, ns string,
 	return certs, nil
 }
 
-func (r *AgentIdentityReconciler) writeTrustConfigMap(ctx context.Context, s *identityScope, existing *corev1.ConfigMap, out policy.Output, policies string) error {
+func (r *TrustReconciler) writeTrustConfigMap(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, out policy.Output, policies string) error {
 	hash := out.ContentHash()
 	anchors := s.ca.BundleHash()
 	if existing != nil && existing.Annotations[mtlsv1alpha1.AnnotationContentHash] == hash &&
@@ -251,7 +380,7 @@ func (r *AgentIdentityReconciler) writeTrustConfigMap(ctx context.Context, s *id
 		return err
 	}
 	if existing == nil {
-		err := r.Client.Create(ctx, cm, client.FieldOwner(FieldOwner))
+		err := r.Client.Create(ctx, cm, client.FieldOwner(mtlsv1alpha1.FieldManager))
 		if apierrors.IsAlreadyExists(err) {
 			// Not in the cache: either the cache lags or the name is taken by
 			// a ConfigMap that is not ours, which is never overwritten.
@@ -269,7 +398,7 @@ func (r *AgentIdentityReconciler) writeTrustConfigMap(ctx context.Context, s *id
 		}
 		return nil
 	}
-	if err := r.Client.Update(ctx, cm, client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Client.Update(ctx, cm, client.FieldOwner(mtlsv1alpha1.FieldManager)); err != nil {
 		return fmt.Errorf("updating ConfigMap %s: %w", cm.Name, err)
 	}
 	return nil
@@ -318,15 +447,18 @@ func appendNew(list, add []*x509.Certificate) []*x509.Certificate {
 }
 
 // cacheWorld answers resolution's questions about other identities and
-// namespaces from the operator's caches, without copying objects.
+// namespaces from the operator's caches, without copying objects. A list
+// that fails is recorded in err: the caller must not use the result then.
 type cacheWorld struct {
 	ctx context.Context
 	c   client.Reader
+	err error
 }
 
 func (w *cacheWorld) Identities(ns string) []policy.Identity {
 	list := &mtlsv1alpha1.AgentIdentityList{}
 	if err := w.c.List(w.ctx, list, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
+		w.err = cmp.Or(w.err, fmt.Errorf("listing the AgentIdentities of %s: %w", ns, err))
 		return nil
 	}
 	out := make([]policy.Identity, 0, len(list.Items))
@@ -340,6 +472,7 @@ func (w *cacheWorld) Namespaces() []policy.Namespace {
 	list := &metav1.PartialObjectMetadataList{}
 	list.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NamespaceList"))
 	if err := w.c.List(w.ctx, list, client.UnsafeDisableDeepCopy); err != nil {
+		w.err = cmp.Or(w.err, fmt.Errorf("listing namespaces: %w", err))
 		return nil
 	}
 	out := make([]policy.Namespace, 0, len(list.Items))

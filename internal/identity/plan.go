@@ -22,6 +22,21 @@ type Observed struct {
 	EverIssued bool
 	// UID is the identity's UID, part of the renewal jitter seed.
 	UID string
+	// Failure is the last failed attempt, when the status reports one that
+	// still stands for the current spec.
+	Failure *Failure
+	// Conflict says a Secret of the identity's name exists and is not
+	// agentmesh's for this identity.
+	Conflict bool
+}
+
+// Failure is a failed issuance the status reports: how many attempts in a
+// row failed, when the last one did, and why (a condition reason:
+// IssuanceFailed or SecretConflict).
+type Failure struct {
+	Attempts int32
+	At       time.Time
+	Reason   string
 }
 
 // Current is a certificate in place that is fit for use.
@@ -29,23 +44,80 @@ type Current struct {
 	Leaf        *x509.Certificate
 	Chain       []*x509.Certificate
 	RenewalTime time.Time
+	// CASerial is the serial of the CA that signed Leaf.
+	CASerial string
 }
 
-// Decision says what to do about one identity's Secret.
-type Decision struct {
+// Plan is the one decision of a certificate pass, taken from what was
+// observed; the controller carries it out.
+type Plan struct {
+	// Wait, when positive, is what remains of a failure's back-off: nothing
+	// is attempted (and no failure counted) until then.
+	Wait time.Duration
+	// Conflict says the Secret name is taken: nothing is written.
+	Conflict bool
 	// Reissue says a new key and certificate must be issued, for Reason
 	// (a condition reason) and Message (human readable, no key material).
 	Reissue bool
 	Reason  string
 	Message string
-	// Current is the certificate in place when it stays (Reissue false).
+	// KeepReady says the certificate in place stays usable while the
+	// reissue is pending or failing: it is valid, trusted and fits the
+	// spec, and is replaced only because its renewal is due or the CA that
+	// signed it is being retired.
+	KeepReady bool
+	// Current is the certificate in place when it stays (Reissue false) or
+	// stays usable until it is replaced (KeepReady).
 	Current *Current
 	// BundleStale says ca.crt differs from the current trust bundle and must
 	// be rewritten, without reissuing.
 	BundleStale bool
 }
 
-// check is one link of the reissue policy chain: it returns a non-empty
+// ConflictPollMax bounds the back-off between looks at a Secret name that
+// something else holds: that Secret is not watched, so its removal is
+// noticed only by looking again.
+const ConflictPollMax = 30 * time.Second
+
+// Decide plans one pass over what is in place: a taken Secret name is a
+// conflict; otherwise the reissue chain says reissue or keep. A failure's
+// back-off holds a conflict or a reissue off until it ends.
+func Decide(req Request, st *ca.State, obs Observed, now time.Time) Plan {
+	p := decide(req, st, obs, now)
+	if f := obs.Failure; f != nil && f.Attempts > 0 && (p.Conflict || p.Reissue) {
+		wait := Backoff(f.Attempts)
+		if f.Reason == mtlsv1alpha1.ReasonSecretConflict {
+			wait = min(wait, ConflictPollMax)
+		}
+		p.Wait = max(0, f.At.Add(wait).Sub(now))
+	}
+	return p
+}
+
+func decide(req Request, st *ca.State, obs Observed, now time.Time) Plan {
+	if obs.Conflict {
+		return Plan{Conflict: true}
+	}
+	c := &checkContext{req: req, ca: st, obs: obs, now: now}
+	for _, ch := range chain {
+		if reason, msg := ch(c); reason != "" {
+			p := Plan{Reissue: true, Reason: reason, Message: msg}
+			if reason == mtlsv1alpha1.ReasonCARotated || (reason == mtlsv1alpha1.ReasonRenewing && now.Before(c.leaf.NotAfter)) {
+				p.KeepReady, p.Current = true, c.current()
+			}
+			return p
+		}
+	}
+	return Plan{Current: c.current(), BundleStale: !bytes.Equal(obs.Data[SecretTrustKey], st.BundlePEM())}
+}
+
+// RenewalFor computes the renewal time of leaf for req and the identity UID.
+func RenewalFor(req Request, uid string, leaf *x509.Certificate) time.Time {
+	return RenewalTime(leaf.NotBefore, leaf.NotAfter, req.RenewBefore, req.RenewBeforePercentage,
+		Jitter(uid+"/"+ca.SerialHex(leaf.SerialNumber)))
+}
+
+// check is one link of the reissue chain: it returns a non-empty
 // reason (and a message) when the Secret in place must be reissued.
 type check func(c *checkContext) (reason, message string)
 
@@ -60,7 +132,7 @@ type checkContext struct {
 	renewal time.Time
 }
 
-// chain is the ordered reissue policy chain; the first check that fires
+// chain is the ordered reissue chain; the first check that fires
 // decides the reason.
 var chain = []check{
 	secretMissing,
@@ -73,24 +145,8 @@ var chain = []check{
 	renewalDue,
 }
 
-// Decide runs the reissue policy chain over what is in place.
-func Decide(req Request, st *ca.State, obs Observed, now time.Time) Decision {
-	c := &checkContext{req: req, ca: st, obs: obs, now: now}
-	for _, ch := range chain {
-		if reason, msg := ch(c); reason != "" {
-			return Decision{Reissue: true, Reason: reason, Message: msg}
-		}
-	}
-	return Decision{
-		Current:     &Current{Leaf: c.leaf, Chain: c.chain, RenewalTime: c.renewal},
-		BundleStale: !bytes.Equal(obs.Data[SecretTrustKey], st.BundlePEM()),
-	}
-}
-
-// RenewalFor computes the renewal time of leaf for req and the identity UID.
-func RenewalFor(req Request, uid string, leaf *x509.Certificate) time.Time {
-	return RenewalTime(leaf.NotBefore, leaf.NotAfter, req.RenewBefore, req.RenewBeforePercentage,
-		Jitter(uid+"/"+ca.SerialHex(leaf.SerialNumber)))
+func (c *checkContext) current() *Current {
+	return &Current{Leaf: c.leaf, Chain: c.chain, RenewalTime: c.renewal, CASerial: c.ca.SignerSerial(c.leaf, c.chain)}
 }
 
 func secretMissing(c *checkContext) (string, string) {

@@ -112,3 +112,62 @@ func mustLeaf(t *testing.T, data map[string][]byte) *x509.Certificate {
 	}
 	return certs[0]
 }
+
+// TestDecideBackoffAndReadiness covers the rest of a plan: a failure's
+// back-off holds every attempt off until it ends (a taken Secret name is
+// looked at again within ConflictPollMax), and a reissue keeps the identity
+// Ready only when the certificate in place is still fit for use.
+func TestDecideBackoffAndReadiness(t *testing.T) {
+	st := newCA(t, now.Add(-48*time.Hour), 0)
+	req := request(t, identityObj("worker"))
+	issued, err := issue(t, st, req, now).SecretData(st.BundlePEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := mustLeaf(t, issued)
+	renewal := RenewalFor(req, "uid-worker", leaf)
+	healthy := Observed{Data: issued, SpecHash: req.Hash(), UID: "uid-worker"}
+	failed := func(attempts int32, reason string, at time.Time) Observed {
+		o := healthy
+		o.Failure = &Failure{Attempts: attempts, At: at, Reason: reason}
+		return o
+	}
+	cases := []struct {
+		name      string
+		obs       Observed
+		at        time.Time
+		wait      time.Duration
+		reissue   bool
+		keepReady bool
+		conflict  bool
+	}{
+		{name: "third failed renewal, 1s ago: 3s of the 4s back-off left",
+			obs: failed(3, mtlsv1alpha1.ReasonIssuanceFailed, renewal.Add(-time.Second)), at: renewal, wait: 3 * time.Second, reissue: true, keepReady: true},
+		{name: "back-off over: the renewal is tried",
+			obs: failed(3, mtlsv1alpha1.ReasonIssuanceFailed, renewal.Add(-4*time.Second)), at: renewal, reissue: true, keepReady: true},
+		{name: "tenth conflict: looked at again within 30s, not 512s",
+			obs: func() Observed {
+				o := failed(10, mtlsv1alpha1.ReasonSecretConflict, now.Add(-10*time.Second))
+				o.Conflict = true
+				return o
+			}(),
+			at: now, wait: 20 * time.Second, conflict: true},
+		{name: "a failure, then the Secret is fine: no wait",
+			obs: failed(3, mtlsv1alpha1.ReasonIssuanceFailed, now.Add(time.Hour-time.Second)), at: now.Add(time.Hour)},
+		{name: "renewal due: Ready stays", obs: healthy, at: renewal, reissue: true, keepReady: true},
+		{name: "expired: not Ready", obs: healthy, at: leaf.NotAfter, reissue: true},
+		{name: "first issuance: not Ready", obs: Observed{}, at: now, reissue: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Decide(req, st, tc.obs, tc.at)
+			if p.Wait != tc.wait || p.Reissue != tc.reissue || p.KeepReady != tc.keepReady || p.Conflict != tc.conflict {
+				t.Fatalf("plan: wait %s reissue %v keepReady %v conflict %v (%s), want wait %s reissue %v keepReady %v conflict %v",
+					p.Wait, p.Reissue, p.KeepReady, p.Conflict, p.Reason, tc.wait, tc.reissue, tc.keepReady, tc.conflict)
+			}
+			if (p.KeepReady || (!p.Reissue && !p.Conflict)) && p.Current.CASerial != st.Active.SerialHex() {
+				t.Errorf("signer serial %q, want the active CA's %s", p.Current.CASerial, st.Active.SerialHex())
+			}
+		})
+	}
+}

@@ -1,16 +1,12 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -21,11 +17,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -39,18 +33,6 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/identity"
-	"github.com/agentmesh/agentmesh/internal/policy"
-)
-
-// Event reasons of AgentIdentities.
-const (
-	eventIssued         = "Issued"
-	eventRenewed        = "Renewed"
-	eventReissued       = "Reissued"
-	eventSecretRepaired = "SecretRepaired"
-	eventIssuanceFailed = "IssuanceFailed"
-	eventSecretConflict = "SecretConflict"
-	eventInvalidSpec    = "InvalidSpec"
 )
 
 // errSecretConflict means a Secret of the wanted name exists and is not ours.
@@ -60,15 +42,19 @@ var errSecretConflict = errors.New("secret conflict")
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
-// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agenttrustpolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// AgentIdentityReconciler issues and renews the certificate of every
-// AgentIdentity into its Secret, publishes its trust bundle and effective
-// policy into its trust ConfigMap, and reports both in the status.
-type AgentIdentityReconciler struct {
+// CertificateReconciler keeps every AgentIdentity's certificate in place:
+// it issues and renews it into the identity's Secret (or, in PodCertificate
+// delivery, leaves that to the kubelet and the signer), and writes the
+// certificate part of the status, Issuing, and Ready.
+//
+// Ready has one rule and this one writer: it is True when the certificate
+// in place (or PodCertificate delivery) is usable and the trust ConfigMap is
+// published, which the trust reconciler reports by setting
+// status.trustConfigMap.
+type CertificateReconciler struct {
 	// Client reads through the operator's caches (Secrets: only those
 	// labelled as agentmesh's) and writes to the API server.
 	Client client.Client
@@ -81,25 +67,16 @@ type AgentIdentityReconciler struct {
 	Keys        *KeyPool
 	Metrics     *Metrics
 	TrustDomain spiffeid.TrustDomain
-	// DefaultPosture applies to a direction that no AgentTrustPolicy governs.
-	DefaultPosture policy.Posture
 	// Reissue bounds the rate of reissues a CA rotation causes.
 	Reissue *ReissueGate
-	// BundleReader reads ConfigMaps labelled as federated trust bundles;
-	// BundleCache is the same cache, watched for changes.
-	BundleReader client.Reader
-	BundleCache  cache.Cache
 	// MaxConcurrentReconciles is the number of parallel workers.
 	MaxConcurrentReconciles int
 
-	// written remembers a hash of the last status written per identity, so
-	// that a pass that runs before the cache has caught up with that write
-	// does not write the same status again.
-	written sync.Map // types.UID -> uint64
+	status statusWriter
 }
 
-// identityScope is what one reconcile pass works on.
-type identityScope struct {
+// certScope is what one certificate pass works on.
+type certScope struct {
 	id       *mtlsv1alpha1.AgentIdentity
 	original *mtlsv1alpha1.AgentIdentity
 	now      time.Time
@@ -108,16 +85,25 @@ type identityScope struct {
 	ca       *ca.State
 	// secret is the identity's Secret when it exists and is ours.
 	secret *corev1.Secret
+	// ready is whether the certificate in place is usable, set by the pass
+	// (Ready then also needs the trust ConfigMap).
+	ready *metav1.Condition
+	// skip leaves the status as it is for this pass.
+	skip bool
 }
 
-// Reconcile brings one AgentIdentity's Secret and status up to date.
-func (r *AgentIdentityReconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Result, error) {
+// Reconcile brings one AgentIdentity's certificate and its status up to date.
+func (r *CertificateReconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Result, error) {
 	id := &mtlsv1alpha1.AgentIdentity{}
 	if err := r.Client.Get(ctx, req.NamespacedName, id); err != nil {
 		if apierrors.IsNotFound(err) {
 			// The Secret goes with its owner through garbage collection.
 			r.Metrics.ForgetIdentity(req.NamespacedName)
 			r.Keys.Forget(req.NamespacedName)
+			r.status.forget(req.NamespacedName)
+			if r.Reissue != nil {
+				r.Reissue.Forget(req.NamespacedName)
+			}
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -125,48 +111,83 @@ func (r *AgentIdentityReconciler) Reconcile(ctx context.Context, req reconcile.R
 	if !id.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
-	s := &identityScope{id: id, original: id.DeepCopy(), now: r.Clock.Now(), log: logf.FromContext(ctx)}
-	result, err := r.reconcilePhases(ctx, s)
-	if werr := r.writeStatus(ctx, s); werr != nil {
-		return ctrl.Result{}, errors.Join(err, werr)
+	s := &certScope{id: id, original: id.DeepCopy(), now: r.Clock.Now(), log: logf.FromContext(ctx)}
+	result, err := r.reconcileCertificate(ctx, s)
+	if !s.skip {
+		if perr := r.countPods(ctx, s); perr != nil {
+			err = errors.Join(err, perr)
+		}
+		s.setReady()
+		if wait := s.awaitTrust(); wait > 0 {
+			// The trust reconciler's status write queues this identity again.
+			r.recordMetrics(s)
+			if result.RequeueAfter == 0 || wait < result.RequeueAfter {
+				result.RequeueAfter = wait
+			}
+			return result, err
+		}
+		if werr := r.status.write(ctx, r.Client, mtlsv1alpha1.FieldManagerCertificate, certificateStatus, s.original, s.id); werr != nil {
+			return ctrl.Result{}, errors.Join(err, werr)
+		}
 	}
 	r.recordMetrics(s)
 	return result, err
 }
 
-// reconcilePhases keeps the certificate in place, then publishes the trust
-// ConfigMap (which needs the CA's trust anchors).
-func (r *AgentIdentityReconciler) reconcilePhases(ctx context.Context, s *identityScope) (ctrl.Result, error) {
-	result, err := r.reconcileCertificate(ctx, s)
-	if s.original == nil {
-		return result, err
+// reconcileCertificate validates the spec, loads the CA and hands over to
+// the identity's delivery.
+func (r *CertificateReconciler) reconcileCertificate(ctx context.Context, s *certScope) (ctrl.Result, error) {
+	if err := r.resolveRequest(s); err != nil {
+		return ctrl.Result{}, reconcile.TerminalError(err)
 	}
-	if perr := r.countPods(ctx, s); perr != nil {
-		return result, errors.Join(err, perr)
+	ctx = logf.IntoContext(ctx, s.log)
+	if !r.loadCA(s) {
+		return ctrl.Result{}, nil
 	}
-	if s.ca == nil {
-		return result, err
+	if s.req.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
+		return ctrl.Result{}, r.podCertificates(ctx, s)
 	}
-	trust, terr := r.publishTrust(ctx, s)
-	if terr != nil {
-		return result, errors.Join(err, terr)
+	return r.secretDelivery(ctx, s)
+}
+
+// secretDelivery keeps the certificate and key in the identity's Secret:
+// it observes the Secret, plans the pass, and carries the plan out.
+func (r *CertificateReconciler) secretDelivery(ctx context.Context, s *certScope) (ctrl.Result, error) {
+	conflict := false
+	if err := r.loadSecret(ctx, s); err != nil {
+		if !errors.Is(err, errSecretConflict) {
+			return ctrl.Result{}, err
+		}
+		conflict = true
 	}
-	if trust.reason == mtlsv1alpha1.ReasonCompiled {
-		s.setCondition(mtlsv1alpha1.ConditionPolicyResolved, metav1.ConditionTrue, trust.reason, trust.message)
-	} else {
-		s.setCondition(mtlsv1alpha1.ConditionPolicyResolved, metav1.ConditionFalse, trust.reason, trust.message)
+	if s.secret == nil && !conflict {
+		conflict = r.conflictPersists(ctx, s)
 	}
-	if !trust.published && meta.IsStatusConditionTrue(s.id.Status.Conditions, mtlsv1alpha1.ConditionReady) {
-		// Pods cannot mount the identity without its trust ConfigMap.
-		s.notReady(trust.reason, "the trust ConfigMap cannot be written: "+trust.message)
+	p := identity.Decide(s.req, s.ca, identity.Observed{
+		Data:       secretData(s.secret),
+		SpecHash:   annotation(s.secret, mtlsv1alpha1.AnnotationSpecHash),
+		EverIssued: s.id.Status.SerialNumber != "",
+		UID:        string(s.id.UID),
+		Failure:    failureOf(s.id),
+		Conflict:   conflict,
+	}, s.now)
+	switch {
+	case p.Wait > 0:
+		// Inside a failure's back-off: nothing is attempted or counted.
+		s.plannedReadiness(p)
+		return ctrl.Result{RequeueAfter: p.Wait}, nil
+	case p.Conflict:
+		return r.conflict(s), nil
+	case p.Reissue:
+		return r.issue(ctx, s, p)
 	}
-	return result, err
+	return r.keep(ctx, s, p)
 }
 
 // podCertificates keeps an identity in PodCertificate delivery: no Secret
 // (one left from Secret delivery is deleted), and the status counts the
 // Pods that hold a current certificate and the next refresh.
-func (r *AgentIdentityReconciler) podCertificates(ctx context.Context, s *identityScope) error {
+func (r *CertificateReconciler) podCertificates(ctx context.Context, s *certScope) error {
 	if old := s.original.Status.SecretName; old != "" {
 		sec := &corev1.Secret{}
 		err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: old}, sec)
@@ -189,7 +210,7 @@ func (r *AgentIdentityReconciler) podCertificates(ctx context.Context, s *identi
 	st.FailedIssuanceAttempts = 0
 	st.ObservedGeneration = s.id.Generation
 	st.PodCertificates, st.NextRefreshTime = count, next
-	s.setCondition(mtlsv1alpha1.ConditionReady, metav1.ConditionTrue, mtlsv1alpha1.ReasonPodCertificate,
+	s.certReady(mtlsv1alpha1.ReasonPodCertificate,
 		"each Pod gets its own key and certificate from the signer "+mtlsv1alpha1.PodCertificateSignerName)
 	s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionFalse, mtlsv1alpha1.ReasonPodCertificate,
 		"the kubelet requests and refreshes each Pod's certificate")
@@ -197,7 +218,7 @@ func (r *AgentIdentityReconciler) podCertificates(ctx context.Context, s *identi
 }
 
 // countPods records how many running Pods use the identity.
-func (r *AgentIdentityReconciler) countPods(ctx context.Context, s *identityScope) error {
+func (r *CertificateReconciler) countPods(ctx context.Context, s *certScope) error {
 	pods := &corev1.PodList{}
 	if err := r.Client.List(ctx, pods, client.InNamespace(s.id.Namespace),
 		client.MatchingLabels{mtlsv1alpha1.LabelIdentity: s.id.Name}, client.UnsafeDisableDeepCopy); err != nil {
@@ -213,51 +234,14 @@ func (r *AgentIdentityReconciler) countPods(ctx context.Context, s *identityScop
 	return nil
 }
 
-// reconcileCertificate runs the certificate phases in order; each one either
-// hands over to the next or ends with a result.
-func (r *AgentIdentityReconciler) reconcileCertificate(ctx context.Context, s *identityScope) (ctrl.Result, error) {
-	if err := r.resolveRequest(s); err != nil {
-		return ctrl.Result{}, reconcile.TerminalError(err)
-	}
-	ctx = logf.IntoContext(ctx, s.log)
-	if !r.loadCA(s) {
-		return ctrl.Result{}, nil
-	}
-	if s.id.Spec.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
-		return ctrl.Result{}, r.podCertificates(ctx, s)
-	}
-	if wait := r.backoffRemaining(s); wait > 0 {
-		return ctrl.Result{RequeueAfter: wait}, nil
-	}
-	if err := r.loadSecret(ctx, s); err != nil {
-		if errors.Is(err, errSecretConflict) {
-			return r.conflict(s), nil
-		}
-		return ctrl.Result{}, err
-	}
-	if s.secret == nil && r.conflictPersists(ctx, s) {
-		return r.conflict(s), nil
-	}
-	d := identity.Decide(s.req, s.ca, identity.Observed{
-		Data:       secretData(s.secret),
-		SpecHash:   annotation(s.secret, mtlsv1alpha1.AnnotationSpecHash),
-		EverIssued: s.id.Status.SerialNumber != "",
-		UID:        string(s.id.UID),
-	}, s.now)
-	if d.Reissue {
-		return r.issue(ctx, s, d)
-	}
-	return r.keep(ctx, s, d)
-}
-
 // resolveRequest validates the spec and derives the issuance request.
-func (r *AgentIdentityReconciler) resolveRequest(s *identityScope) error {
+func (r *CertificateReconciler) resolveRequest(s *certScope) error {
 	req, err := identity.NewRequest(r.TrustDomain, s.id)
 	if err != nil {
 		if !isCondition(s.id, mtlsv1alpha1.ConditionReady, metav1.ConditionFalse, mtlsv1alpha1.ReasonInvalidSpec, err.Error()) {
-			r.Recorder.Eventf(s.id, nil, corev1.EventTypeWarning, eventInvalidSpec, "Validate", "Invalid spec: %s", err.Error())
+			r.Recorder.Eventf(s.id, nil, corev1.EventTypeWarning, mtlsv1alpha1.EventInvalidSpec, "Validate", "Invalid spec: %s", err.Error())
 		}
-		s.notReady(mtlsv1alpha1.ReasonInvalidSpec, err.Error())
+		s.certNotReady(mtlsv1alpha1.ReasonInvalidSpec, err.Error())
 		s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionFalse, mtlsv1alpha1.ReasonInvalidSpec, "nothing is issued until the spec is fixed")
 		return fmt.Errorf("invalid spec: %w", err)
 	}
@@ -269,15 +253,15 @@ func (r *AgentIdentityReconciler) resolveRequest(s *identityScope) error {
 
 // loadCA fetches the CA. Before the CA was loaded once, the pass ends
 // quietly: loading it queues every identity again.
-func (r *AgentIdentityReconciler) loadCA(s *identityScope) bool {
+func (r *CertificateReconciler) loadCA(s *certScope) bool {
 	st, err := r.CA.Get()
 	switch {
 	case errors.Is(err, ca.ErrNotLoaded):
-		s.skipStatus()
+		s.skip = true
 		return false
 	case err != nil:
 		msg := "the agent CA is not usable: " + err.Error()
-		s.notReady(mtlsv1alpha1.ReasonCANotReady, msg)
+		s.certNotReady(mtlsv1alpha1.ReasonCANotReady, msg)
 		s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionTrue, mtlsv1alpha1.ReasonCANotReady, msg)
 		return false
 	}
@@ -285,29 +269,25 @@ func (r *AgentIdentityReconciler) loadCA(s *identityScope) bool {
 	return true
 }
 
-// backoffRemaining is how long the previous failure still holds off the next
-// attempt, unless the spec changed since.
-func (r *AgentIdentityReconciler) backoffRemaining(s *identityScope) time.Duration {
-	st := s.id.Status
+// failureOf is the failed issuance the status reports, when it stands for
+// the current spec.
+func failureOf(id *mtlsv1alpha1.AgentIdentity) *identity.Failure {
+	st := id.Status
 	if st.FailedIssuanceAttempts == 0 || st.LastFailureTime == nil {
-		return 0
+		return nil
 	}
 	c := meta.FindStatusCondition(st.Conditions, mtlsv1alpha1.ConditionIssuing)
-	if c == nil || c.Status != metav1.ConditionTrue || c.ObservedGeneration != s.id.Generation ||
+	if c == nil || c.Status != metav1.ConditionTrue || c.ObservedGeneration != id.Generation ||
 		(c.Reason != mtlsv1alpha1.ReasonIssuanceFailed && c.Reason != mtlsv1alpha1.ReasonSecretConflict) {
-		return 0
+		return nil
 	}
-	wait := identity.Backoff(st.FailedIssuanceAttempts)
-	if c.Reason == mtlsv1alpha1.ReasonSecretConflict {
-		wait = min(wait, conflictPollMax)
-	}
-	return st.LastFailureTime.Add(wait).Sub(s.now)
+	return &identity.Failure{Attempts: st.FailedIssuanceAttempts, At: st.LastFailureTime.Time, Reason: c.Reason}
 }
 
 // loadSecret finds the identity's Secret in the cache. A Secret there that
 // another identity owns is a conflict; one that is not in the cache at all
 // may still exist unlabelled, which creating it reveals.
-func (r *AgentIdentityReconciler) loadSecret(ctx context.Context, s *identityScope) error {
+func (r *CertificateReconciler) loadSecret(ctx context.Context, s *certScope) error {
 	sec := &corev1.Secret{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: s.id.EffectiveSecretName()}, sec)
 	if apierrors.IsNotFound(err) {
@@ -326,7 +306,7 @@ func (r *AgentIdentityReconciler) loadSecret(ctx context.Context, s *identitySco
 // conflictPersists checks, after a pass that found the Secret name taken,
 // whether it still is, before any key is generated for nothing. The Secret
 // is not in the cache (it is not labelled as ours), so this reads the API.
-func (r *AgentIdentityReconciler) conflictPersists(ctx context.Context, s *identityScope) bool {
+func (r *CertificateReconciler) conflictPersists(ctx context.Context, s *certScope) bool {
 	if !isConditionReason(s.id, mtlsv1alpha1.ConditionReady, mtlsv1alpha1.ReasonSecretConflict) {
 		return false
 	}
@@ -338,42 +318,45 @@ func (r *AgentIdentityReconciler) conflictPersists(ctx context.Context, s *ident
 }
 
 // issue generates a key, issues a certificate and writes the Secret.
-func (r *AgentIdentityReconciler) issue(ctx context.Context, s *identityScope, d identity.Decision) (ctrl.Result, error) {
-	if d.Reason == mtlsv1alpha1.ReasonCARotated && !s.ca.Rotation.Compromised && r.Reissue != nil {
-		if wait := r.Reissue.Admit(s.id.UID, s.now); wait > 0 {
+func (r *CertificateReconciler) issue(ctx context.Context, s *certScope, p identity.Plan) (ctrl.Result, error) {
+	if p.Reason == mtlsv1alpha1.ReasonCARotated && !s.ca.Rotation.Compromised && r.Reissue != nil {
+		wait, at := r.Reissue.Admit(client.ObjectKeyFromObject(s.id), s.now)
+		if wait > 0 {
 			// The certificate in place is valid and trusted: wait for this
-			// identity's slot without touching its status.
+			// identity's slot; the status stays as it is.
+			s.plannedReadiness(p)
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
+		s.now = at
 	}
-	s.log.V(1).Info("issuing", "reason", d.Reason, "why", d.Message)
+	s.log.V(1).Info("issuing", "reason", p.Reason, "why", p.Message)
 	var key crypto.Signer
 	if identity.IsSlowKey(s.req.KeyAlgorithm) {
 		k, ready, err := r.Keys.Take(ctx, s.id.UID, client.ObjectKeyFromObject(s.id), s.req.KeyAlgorithm, s.req.KeySize)
 		if err != nil {
-			return r.fail(s, d, fmt.Errorf("generating the private key: %w", err)), nil
+			return r.fail(s, p, fmt.Errorf("generating the private key: %w", err)), nil
 		}
 		if !ready {
-			s.keepReadyIfValid(d)
+			s.plannedReadiness(p)
 			s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionTrue, mtlsv1alpha1.ReasonKeyGenerating,
-				fmt.Sprintf("generating an %s-%d key off the reconcile path (%s)", s.req.KeyAlgorithm, s.req.KeySize, d.Message))
+				fmt.Sprintf("generating an %s-%d key off the reconcile path (%s)", s.req.KeyAlgorithm, s.req.KeySize, p.Message))
 			return ctrl.Result{}, nil
 		}
 		key = k
 	} else {
 		k, err := identity.GenerateKey(s.req.KeyAlgorithm, s.req.KeySize, rand.Reader)
 		if err != nil {
-			return r.fail(s, d, fmt.Errorf("generating the private key: %w", err)), nil
+			return r.fail(s, p, fmt.Errorf("generating the private key: %w", err)), nil
 		}
 		key = k
 	}
 	issued, err := identity.Issue(s.ca, s.req, key, s.now, rand.Reader)
 	if err != nil {
-		return r.fail(s, d, err), nil
+		return r.fail(s, p, err), nil
 	}
 	data, err := issued.SecretData(s.ca.BundlePEM())
 	if err != nil {
-		return r.fail(s, d, err), nil
+		return r.fail(s, p, err), nil
 	}
 	if err := r.writeSecret(ctx, s, func(sec *corev1.Secret) { sec.Data = data }); err != nil {
 		switch {
@@ -384,22 +367,22 @@ func (r *AgentIdentityReconciler) issue(ctx context.Context, s *identityScope, d
 			// current one (and may find it fine already).
 			return ctrl.Result{}, err
 		}
-		return r.fail(s, d, fmt.Errorf("writing Secret %s: %w", s.id.EffectiveSecretName(), err)), nil
+		return r.fail(s, p, fmt.Errorf("writing Secret %s: %w", s.id.EffectiveSecretName(), err)), nil
 	}
 	renewal := identity.RenewalFor(s.req, string(s.id.UID), issued.Leaf)
-	r.Metrics.Issued(d.Reason)
-	s.log.Info("issued certificate", "reason", d.Reason, "serial", ca.SerialHex(issued.Leaf.SerialNumber),
+	r.Metrics.Issued(p.Reason)
+	s.log.Info("issued certificate", "reason", p.Reason, "serial", ca.SerialHex(issued.Leaf.SerialNumber),
 		"notAfter", issued.Leaf.NotAfter, "renewalTime", renewal)
 	// A first issuance that went through at once is not an Event: the
 	// status says it (Ready, serialNumber, notAfter, renewalTime), and
 	// when thousands of identities are created together an Event each
 	// would be a quarter of the operator's writes. Every later issuance
 	// (renewal, reissue, repair) and a first one after failures is.
-	if d.Reason != mtlsv1alpha1.ReasonPending || s.original.Status.FailedIssuanceAttempts > 0 {
-		r.Recorder.Eventf(s.id, nil, corev1.EventTypeNormal, eventFor(d.Reason), "Issue",
+	if p.Reason != mtlsv1alpha1.ReasonPending || s.original.Status.FailedIssuanceAttempts > 0 {
+		r.Recorder.Eventf(s.id, nil, corev1.EventTypeNormal, eventFor(p.Reason), "Issue",
 			"Issued certificate %s for %s, valid until %s, renewal at %s (%s)",
 			ca.SerialHex(issued.Leaf.SerialNumber), s.req.SPIFFEID, issued.Leaf.NotAfter.UTC().Format(time.RFC3339),
-			renewal.UTC().Format(time.RFC3339), d.Message)
+			renewal.UTC().Format(time.RFC3339), p.Message)
 	}
 	s.succeeded(issued.Leaf, renewal, s.ca.Active.SerialHex())
 	if err := r.removeOldSecret(ctx, s); err != nil {
@@ -410,74 +393,74 @@ func (r *AgentIdentityReconciler) issue(ctx context.Context, s *identityScope, d
 
 // keep keeps the certificate in place, refreshing the Secret's trust
 // bundle when it is stale.
-func (r *AgentIdentityReconciler) keep(ctx context.Context, s *identityScope, d identity.Decision) (ctrl.Result, error) {
-	if d.BundleStale {
+func (r *CertificateReconciler) keep(ctx context.Context, s *certScope, p identity.Plan) (ctrl.Result, error) {
+	if p.BundleStale {
 		bundle := s.ca.BundlePEM()
 		if err := r.writeSecret(ctx, s, func(sec *corev1.Secret) { sec.Data[identity.SecretTrustKey] = bundle }); err != nil {
 			return ctrl.Result{}, fmt.Errorf("updating the trust bundle of Secret %s: %w", s.secret.Name, err)
 		}
 		s.log.V(1).Info("updated the trust bundle in the Secret")
 	}
-	s.succeeded(d.Current.Leaf, d.Current.RenewalTime, signerSerial(s.ca, d.Current.Leaf, d.Current.Chain))
+	s.succeeded(p.Current.Leaf, p.Current.RenewalTime, p.Current.CASerial)
 	if err := r.removeOldSecret(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{RequeueAfter: d.Current.RenewalTime.Sub(s.now)}, nil
+	return ctrl.Result{RequeueAfter: p.Current.RenewalTime.Sub(s.now)}, nil
 }
 
 // fail records a failed issuance and schedules the next attempt.
-func (r *AgentIdentityReconciler) fail(s *identityScope, d identity.Decision, err error) ctrl.Result {
+func (r *CertificateReconciler) fail(s *certScope, p identity.Plan, err error) ctrl.Result {
 	attempts := s.id.Status.FailedIssuanceAttempts + 1
 	s.id.Status.FailedIssuanceAttempts = attempts
 	t := metav1.NewTime(s.now)
 	s.id.Status.LastFailureTime = &t
 	backoff := identity.Backoff(attempts)
 	msg := fmt.Sprintf("issuance failed (attempt %d, next in %s): %v", attempts, backoff, err)
-	s.keepReadyIfValid(d)
+	s.plannedReadiness(p)
 	s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionTrue, mtlsv1alpha1.ReasonIssuanceFailed, msg)
 	r.Metrics.Failed(mtlsv1alpha1.ReasonIssuanceFailed)
 	s.log.Info("issuance failed", "attempt", attempts, "backoff", backoff, "error", err.Error())
-	r.Recorder.Eventf(s.id, nil, corev1.EventTypeWarning, eventIssuanceFailed, "Issue", "%s", msg)
+	r.Recorder.Eventf(s.id, nil, corev1.EventTypeWarning, mtlsv1alpha1.EventIssuanceFailed, "Issue", "%s", msg)
 	return ctrl.Result{RequeueAfter: backoff}
 }
 
 // conflict reports a Secret name taken by something that is not ours. The
 // Secret is never touched; the name is looked at again with back-off.
-func (r *AgentIdentityReconciler) conflict(s *identityScope) ctrl.Result {
-	name := s.id.EffectiveSecretName()
-	msg := fmt.Sprintf("Secret %s exists and was not created by agentmesh for this identity; it is left untouched: "+
-		"delete it or set spec.secretName to another name", name)
+func (r *CertificateReconciler) conflict(s *certScope) ctrl.Result {
+	msg := conflictMessage(s.id)
 	attempts := s.id.Status.FailedIssuanceAttempts + 1
 	if !isCondition(s.id, mtlsv1alpha1.ConditionReady, metav1.ConditionFalse, mtlsv1alpha1.ReasonSecretConflict, msg) {
-		r.Recorder.Eventf(s.id, nil, corev1.EventTypeWarning, eventSecretConflict, "Issue", "%s", msg)
+		r.Recorder.Eventf(s.id, nil, corev1.EventTypeWarning, mtlsv1alpha1.EventSecretConflict, "Issue", "%s", msg)
 		r.Metrics.Failed(mtlsv1alpha1.ReasonSecretConflict)
 	}
 	s.id.Status.FailedIssuanceAttempts = attempts
 	t := metav1.NewTime(s.now)
 	s.id.Status.LastFailureTime = &t
-	s.notReady(mtlsv1alpha1.ReasonSecretConflict, msg)
+	s.certNotReady(mtlsv1alpha1.ReasonSecretConflict, msg)
 	s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionTrue, mtlsv1alpha1.ReasonSecretConflict, msg)
 	// The foreign Secret is not watched (only our own Secrets are cached),
 	// so its removal is noticed by looking again, at most every 30s.
-	return ctrl.Result{RequeueAfter: min(identity.Backoff(attempts), conflictPollMax)}
+	return ctrl.Result{RequeueAfter: min(identity.Backoff(attempts), identity.ConflictPollMax)}
 }
 
-// conflictPollMax bounds the back-off between looks at a taken Secret name.
-const conflictPollMax = 30 * time.Second
+func conflictMessage(id *mtlsv1alpha1.AgentIdentity) string {
+	return fmt.Sprintf("Secret %s exists and was not created by agentmesh for this identity; it is left untouched: "+
+		"delete it or set spec.secretName to another name", id.EffectiveSecretName())
+}
 
 // writeSecret creates or updates the identity's Secret with our labels,
 // annotations and owner reference, and with the data set by mutate. A
 // Secret that exists but is not in the cache is inspected directly: if it
 // is ours (the cache lags, or someone removed our labels) it is updated,
 // otherwise it is a conflict and left alone.
-func (r *AgentIdentityReconciler) writeSecret(ctx context.Context, s *identityScope, mutate func(*corev1.Secret)) error {
+func (r *CertificateReconciler) writeSecret(ctx context.Context, s *certScope, mutate func(*corev1.Secret)) error {
 	sec := s.secret
 	if sec == nil {
 		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: s.id.Namespace, Name: s.id.EffectiveSecretName()}, Type: corev1.SecretTypeTLS}
 		if err := r.decorateSecret(s, sec, mutate); err != nil {
 			return err
 		}
-		err := r.Client.Create(ctx, sec, client.FieldOwner(FieldOwner))
+		err := r.Client.Create(ctx, sec, client.FieldOwner(mtlsv1alpha1.FieldManager))
 		if !apierrors.IsAlreadyExists(err) {
 			return err
 		}
@@ -495,10 +478,10 @@ func (r *AgentIdentityReconciler) writeSecret(ctx context.Context, s *identitySc
 	if err := r.decorateSecret(s, sec, mutate); err != nil {
 		return err
 	}
-	return r.Client.Update(ctx, sec, client.FieldOwner(FieldOwner))
+	return r.Client.Update(ctx, sec, client.FieldOwner(mtlsv1alpha1.FieldManager))
 }
 
-func (r *AgentIdentityReconciler) decorateSecret(s *identityScope, sec *corev1.Secret, mutate func(*corev1.Secret)) error {
+func (r *CertificateReconciler) decorateSecret(s *certScope, sec *corev1.Secret, mutate func(*corev1.Secret)) error {
 	if sec.Labels == nil {
 		sec.Labels = map[string]string{}
 	}
@@ -526,7 +509,7 @@ func (r *AgentIdentityReconciler) decorateSecret(s *identityScope, sec *corev1.S
 
 // removeOldSecret deletes the Secret of a previous spec.secretName once the
 // new one is in place, if it is ours.
-func (r *AgentIdentityReconciler) removeOldSecret(ctx context.Context, s *identityScope) error {
+func (r *CertificateReconciler) removeOldSecret(ctx context.Context, s *certScope) error {
 	old := s.original.Status.SecretName
 	if old == "" || old == s.id.EffectiveSecretName() {
 		return nil
@@ -545,27 +528,7 @@ func (r *AgentIdentityReconciler) removeOldSecret(ctx context.Context, s *identi
 	return nil
 }
 
-// writeStatus patches the status when it changed, once per pass.
-func (r *AgentIdentityReconciler) writeStatus(ctx context.Context, s *identityScope) error {
-	if s.original == nil {
-		return nil
-	}
-	if equalStatus(&s.original.Status, &s.id.Status) {
-		return nil
-	}
-	h := statusHash(&s.id.Status)
-	if prev, ok := r.written.Load(s.id.UID); ok && prev.(uint64) == h {
-		// Written by an earlier pass; the cache has not caught up yet.
-		return nil
-	}
-	if err := r.Client.Status().Patch(ctx, s.id, client.MergeFrom(s.original), client.FieldOwner(FieldOwner)); err != nil {
-		return client.IgnoreNotFound(err)
-	}
-	r.written.Store(s.id.UID, h)
-	return nil
-}
-
-func (r *AgentIdentityReconciler) recordMetrics(s *identityScope) {
+func (r *CertificateReconciler) recordMetrics(s *certScope) {
 	st := &s.id.Status
 	ready := meta.IsStatusConditionTrue(st.Conditions, mtlsv1alpha1.ConditionReady)
 	var notAfter, renewal float64
@@ -578,77 +541,80 @@ func (r *AgentIdentityReconciler) recordMetrics(s *identityScope) {
 	r.Metrics.SetIdentity(client.ObjectKeyFromObject(s.id), ready, notAfter, renewal)
 }
 
-// SetupWithManager watches AgentIdentities (spec and label changes), their
-// Secrets and trust ConfigMaps, the policies of their namespace, what those
-// policies' peers and bundles depend on (other identities, namespace
-// labels, bundle ConfigMaps), CA changes (which queue every identity) and
-// keys that became ready.
-func (r *AgentIdentityReconciler) SetupWithManager(mgr ctrl.Manager) error {
+// SetupWithManager watches AgentIdentities (spec changes, and the trust
+// reconciler publishing or failing to publish their trust ConfigMap, which
+// Ready depends on), their Secrets, their Pods (the running count) and
+// PodCertificateRequests, keys that became ready, and CA changes (which
+// queue every identity).
+func (r *CertificateReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	caChanged := r.CA.Subscribe()
 	c := mgr.GetClient()
-	b := ctrl.NewControllerManagedBy(mgr).
-		For(&mtlsv1alpha1.AgentIdentity{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
+	return ctrl.NewControllerManagedBy(mgr).
+		Named(CertificateControllerName).
+		For(&mtlsv1alpha1.AgentIdentity{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, trustPublicationChanged))).
 		Owns(&corev1.Secret{}).
-		Owns(&corev1.ConfigMap{}).
-		Watches(&mtlsv1alpha1.AgentTrustPolicy{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-			return identitiesIn(ctx, c, obj.GetNamespace())
-		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&mtlsv1alpha1.AgentIdentity{}, handler.EnqueueRequestsFromMapFunc(dependentsOfIdentity(c)), builder.WithPredicates(labelsChanged)).
-		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(dependentsOfNamespace(c)), builder.WithPredicates(labelsChanged)).
 		Watches(&corev1.Pod{}, delayed(identityOfPod), builder.WithPredicates(podPhaseChanged)).
-		Watches(&certv1.PodCertificateRequest{}, handler.EnqueueRequestsFromMapFunc(identityOfPodCertificateRequest(c)))
-	if r.BundleCache != nil {
-		b = b.WatchesRawSource(source.Kind(r.BundleCache, &corev1.ConfigMap{}, handler.TypedEnqueueRequestsFromMapFunc(dependentsOfBundle(c))))
-	}
-	return b.
+		Watches(&certv1.PodCertificateRequest{}, handler.EnqueueRequestsFromMapFunc(identityOfPodCertificateRequest(c))).
 		WatchesRawSource(source.Channel(r.Keys.events, &handler.EnqueueRequestForObject{})).
-		WatchesRawSource(onSignal(caChanged, func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			list := &mtlsv1alpha1.AgentIdentityList{}
-			if err := mgr.GetClient().List(ctx, list); err != nil {
-				logf.FromContext(ctx).Error(err, "listing AgentIdentities after a CA change")
-				return
-			}
-			for i := range list.Items {
-				q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
-			}
-		})).
+		WatchesRawSource(onSignal(caChanged, enqueueAllIdentities(c))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Complete(r)
 }
 
 // --- scope helpers ---
 
-func (s *identityScope) setCondition(typ string, status metav1.ConditionStatus, reason, msg string) {
-	meta.SetStatusCondition(&s.id.Status.Conditions, metav1.Condition{
-		Type: typ, Status: status, Reason: reason, Message: msg,
-		ObservedGeneration: s.id.Generation, LastTransitionTime: metav1.NewTime(s.now),
-	})
+func (s *certScope) setCondition(typ string, status metav1.ConditionStatus, reason, msg string) {
+	setIdentityCondition(s.id, s.now, typ, status, reason, msg)
 }
 
-func (s *identityScope) notReady(reason, msg string) {
-	s.setCondition(mtlsv1alpha1.ConditionReady, metav1.ConditionFalse, reason, msg)
+// certReady and certNotReady say whether the certificate in place is usable.
+func (s *certScope) certReady(reason, msg string) {
+	s.ready = &metav1.Condition{Status: metav1.ConditionTrue, Reason: reason, Message: msg}
 }
 
-// skipStatus leaves the status as it is for this pass.
-func (s *identityScope) skipStatus() { s.original = nil }
+func (s *certScope) certNotReady(reason, msg string) {
+	s.ready = &metav1.Condition{Status: metav1.ConditionFalse, Reason: reason, Message: msg}
+}
 
-// keepReadyIfValid keeps Ready=True while a renewal or a reissue under a
-// rotated CA is pending or failing and the certificate in place is still
-// valid (and trusted) for the current spec; any other reason to reissue
-// means there is no usable certificate.
-func (s *identityScope) keepReadyIfValid(d identity.Decision) {
-	if (d.Reason == mtlsv1alpha1.ReasonRenewing || d.Reason == mtlsv1alpha1.ReasonCARotated) &&
-		s.id.Status.NotAfter != nil && s.now.Before(s.id.Status.NotAfter.Time) &&
-		meta.IsStatusConditionTrue(s.id.Status.Conditions, mtlsv1alpha1.ConditionReady) {
+// plannedReadiness is the readiness while a planned reissue waits or
+// fails: the certificate in place when the plan keeps it usable, not
+// ready (for the plan's reason) otherwise.
+func (s *certScope) plannedReadiness(p identity.Plan) {
+	switch {
+	case p.Conflict:
+		s.certNotReady(mtlsv1alpha1.ReasonSecretConflict, conflictMessage(s.id))
+	case p.KeepReady:
+		s.certReady(mtlsv1alpha1.ReasonIssued, validUntil(p.Current.Leaf))
+	default:
+		s.certNotReady(p.Reason, p.Message)
+	}
+}
+
+// setReady writes Ready by its rule: the certificate in place is usable
+// and the trust ConfigMap is published (status.trustConfigMap, set by the
+// trust reconciler only then). While it is not, Ready says why: the trust
+// reconciler's reason when it could not publish, TrustPending before it
+// has.
+func (s *certScope) setReady() {
+	c := s.ready
+	if c == nil {
 		return
 	}
-	s.notReady(d.Reason, d.Message)
+	if c.Status == metav1.ConditionTrue && s.id.Status.TrustConfigMap == "" {
+		if pr := meta.FindStatusCondition(s.id.Status.Conditions, mtlsv1alpha1.ConditionPolicyResolved); pr != nil && pr.Status == metav1.ConditionFalse {
+			c = &metav1.Condition{Status: metav1.ConditionFalse, Reason: pr.Reason, Message: "the trust ConfigMap cannot be written: " + pr.Message}
+		} else {
+			c = &metav1.Condition{Status: metav1.ConditionFalse, Reason: mtlsv1alpha1.ReasonTrustPending,
+				Message: "the certificate is in place; the trust ConfigMap " + s.id.TrustConfigMapName() + " is not published yet"}
+		}
+	}
+	s.setCondition(mtlsv1alpha1.ConditionReady, c.Status, c.Reason, c.Message)
 }
 
 // succeeded records the certificate in place. The messages depend on the
 // certificate only, so that the status a pass computes for a Secret is the
 // same whether the pass issued it or found it.
-func (s *identityScope) succeeded(leaf *x509.Certificate, renewal time.Time, caSerial string) {
+func (s *certScope) succeeded(leaf *x509.Certificate, renewal time.Time, caSerial string) {
 	st := &s.id.Status
 	serial := ca.SerialHex(leaf.SerialNumber)
 	st.SecretName = s.id.EffectiveSecretName()
@@ -660,24 +626,55 @@ func (s *identityScope) succeeded(leaf *x509.Certificate, renewal time.Time, caS
 	st.ObservedGeneration = s.id.Generation
 	st.FailedIssuanceAttempts = 0
 	st.LastFailureTime = nil
-	s.setCondition(mtlsv1alpha1.ConditionReady, metav1.ConditionTrue, mtlsv1alpha1.ReasonIssued,
-		fmt.Sprintf("certificate %s is valid until %s", serial, leaf.NotAfter.UTC().Format(time.RFC3339)))
+	s.certReady(mtlsv1alpha1.ReasonIssued, validUntil(leaf))
 	s.setCondition(mtlsv1alpha1.ConditionIssuing, metav1.ConditionFalse, mtlsv1alpha1.ReasonIssued,
 		"renewal is due at "+renewal.UTC().Format(time.RFC3339))
 }
 
+// firstStatusWait is how long the first status of a new identity waits for
+// its trust ConfigMap.
+const firstStatusWait = 10 * time.Second
+
+// awaitTrust says how long to hold back the first status of a new identity
+// whose certificate is in place while the trust reconciler has not yet
+// reported: its report queues the identity again, and one status write then
+// says Ready instead of two saying TrustPending and then Ready. It holds
+// back only the first status, and for at most firstStatusWait after the
+// identity was created; after that TrustPending is written.
+func (s *certScope) awaitTrust() time.Duration {
+	ready := meta.FindStatusCondition(s.id.Status.Conditions, mtlsv1alpha1.ConditionReady)
+	if ready == nil || ready.Reason != mtlsv1alpha1.ReasonTrustPending ||
+		meta.FindStatusCondition(s.original.Status.Conditions, mtlsv1alpha1.ConditionReady) != nil ||
+		meta.FindStatusCondition(s.id.Status.Conditions, mtlsv1alpha1.ConditionPolicyResolved) != nil {
+		return 0
+	}
+	return min(firstStatusWait, max(0, s.id.CreationTimestamp.Add(firstStatusWait).Sub(s.now)))
+}
+
 // --- small functions ---
+
+func validUntil(leaf *x509.Certificate) string {
+	return fmt.Sprintf("certificate %s is valid until %s", ca.SerialHex(leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// setIdentityCondition sets a condition of id at now, for its generation.
+func setIdentityCondition(id *mtlsv1alpha1.AgentIdentity, now time.Time, typ string, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&id.Status.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg,
+		ObservedGeneration: id.Generation, LastTransitionTime: metav1.NewTime(now),
+	})
+}
 
 func eventFor(reason string) string {
 	switch reason {
 	case mtlsv1alpha1.ReasonPending:
-		return eventIssued
+		return mtlsv1alpha1.EventIssued
 	case mtlsv1alpha1.ReasonRenewing:
-		return eventRenewed
+		return mtlsv1alpha1.EventRenewed
 	case mtlsv1alpha1.ReasonSecretRepaired:
-		return eventSecretRepaired
+		return mtlsv1alpha1.EventSecretRepaired
 	}
-	return eventReissued
+	return mtlsv1alpha1.EventReissued
 }
 
 // ownedBy reports whether sec is the Secret agentmesh wrote for id: it is
@@ -704,24 +701,6 @@ func isCondition(id *mtlsv1alpha1.AgentIdentity, typ string, status metav1.Condi
 	return c != nil && c.Status == status && c.Reason == reason && c.Message == msg
 }
 
-// signerSerial is the serial of the CA that signed leaf: the active CA, an
-// anchor, or an intermediate of the chain.
-func signerSerial(st *ca.State, leaf *x509.Certificate, chain []*x509.Certificate) string {
-	candidates := append(append([]*x509.Certificate{st.Active.Cert}, chain...), st.Anchors...)
-	for _, c := range candidates {
-		if len(leaf.AuthorityKeyId) > 0 && len(c.SubjectKeyId) > 0 {
-			if bytes.Equal(leaf.AuthorityKeyId, c.SubjectKeyId) {
-				return ca.SerialHex(c.SerialNumber)
-			}
-			continue
-		}
-		if leaf.CheckSignatureFrom(c) == nil {
-			return ca.SerialHex(c.SerialNumber)
-		}
-	}
-	return ""
-}
-
 func secretData(s *corev1.Secret) map[string][]byte {
 	if s == nil {
 		return nil
@@ -742,17 +721,4 @@ func annotation(s *corev1.Secret, key string) string {
 func ptrTime(t time.Time) *metav1.Time {
 	mt := metav1.NewTime(t)
 	return &mt
-}
-
-func equalStatus(a, b *mtlsv1alpha1.AgentIdentityStatus) bool {
-	return statusHash(a) == statusHash(b)
-}
-
-// statusHash hashes the JSON form of a status, which is what the API
-// server stores (times at second precision).
-func statusHash(st *mtlsv1alpha1.AgentIdentityStatus) uint64 {
-	b, _ := json.Marshal(st)
-	h := fnv.New64a()
-	_, _ = h.Write(b)
-	return h.Sum64()
 }
