@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -20,6 +21,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -61,6 +63,7 @@ type Cluster struct {
 	scheduler *process
 	kcmDir    string
 	nodes     []*node
+	proxy     *serviceProxy
 }
 
 // RepoRoot finds the repository root by walking up from the working
@@ -165,6 +168,12 @@ func Start(opts Options) (*Cluster, error) {
 	// Keep the client fast: tests and the dev cluster create many objects.
 	cfg.QPS, cfg.Burst = 500, 1000
 	c := &Cluster{Env: env, Config: cfg, Root: root}
+	if opts.Node != nil {
+		if err := c.startServiceProxy(opts.Output); err != nil {
+			_ = c.Stop()
+			return nil, err
+		}
+	}
 	if opts.ControllerManager {
 		if err := c.startControllerManager(assets, opts.Output, opts.Node != nil); err != nil {
 			_ = c.Stop()
@@ -183,9 +192,11 @@ func Start(opts Options) (*Cluster, error) {
 // startControllerManager runs kube-controller-manager against the API
 // server with an admin kubeconfig, serving nothing. With a node it also runs
 // what Pods need: Deployments and ReplicaSets, the node lifecycle (the
-// not-ready taint), Endpoints (the API server routes to a webhook Service
-// through them) and EndpointSlices of Services, and the kube-root-ca.crt
+// not-ready taint), Pod garbage collection and the kube-root-ca.crt
 // ConfigMap that service account token volumes project; and kube-scheduler.
+// It runs no endpoint controllers: the API server refuses the Pods'
+// loopback addresses in Endpoints and EndpointSlices, and the Service proxy
+// finds a Service's Pods itself.
 func (c *Cluster) startControllerManager(assets string, out io.Writer, withNode bool) error {
 	dir, err := os.MkdirTemp("", "agentmesh-kcm-")
 	if err != nil {
@@ -200,7 +211,7 @@ func (c *Cluster) startControllerManager(assets string, out io.Writer, withNode 
 	args := []string{"--kubeconfig=" + kubeconfig, "--leader-elect=false", "--secure-port=0",
 		"--use-service-account-credentials=false", "--concurrent-gc-syncs=5"}
 	if withNode {
-		controllers += ",deployment,replicaset,nodelifecycle,endpoint,endpointslice,root-ca-cert-publisher,podgc"
+		controllers += ",deployment,replicaset,nodelifecycle,root-ca-cert-publisher,podgc"
 		rootCA := filepath.Join(dir, "root-ca.crt")
 		if err := os.WriteFile(rootCA, c.Config.CAData, 0o644); err != nil {
 			return err
@@ -248,10 +259,12 @@ func readCRDs(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	return crds, nil
 }
 
-// Stop stops the nodes (see stopNodes), kube-controller-manager,
-// kube-apiserver and etcd and removes their data.
+// Stop stops the nodes (see stopNodes), the Service proxy,
+// kube-controller-manager, kube-apiserver and etcd and removes their data.
 func (c *Cluster) Stop() error {
 	c.stopNodes()
+	c.proxy.close()
+	c.proxy = nil
 	c.scheduler.stop(10 * time.Second)
 	c.kcm.stop(10 * time.Second)
 	c.kcm, c.scheduler = nil, nil
@@ -259,6 +272,36 @@ func (c *Cluster) Stop() error {
 		_ = os.RemoveAll(c.kcmDir)
 	}
 	return c.Env.Stop()
+}
+
+// startServiceProxy starts the loopback Service proxy (see serviceProxy),
+// with the API server's address as the backend of default/kubernetes.
+func (c *Cluster) startServiceProxy(out io.Writer) error {
+	u, err := url.Parse(c.Config.Host)
+	if err != nil {
+		return fmt.Errorf("cluster: the API server's address: %w", err)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("cluster: the API server's address %q has no host", c.Config.Host)
+	}
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		return err
+	}
+	p, err := startServiceProxy(cs, nodeServiceCIDR, u.Host, out)
+	if err != nil {
+		return err
+	}
+	c.proxy = p
+	return nil
+}
+
+// ServiceConnections is how many connections the Service proxy of a
+// cluster with nodes has forwarded to a backend of the Service
+// namespace/name (0 without nodes): a test's proof that a client, the API
+// server calling a webhook among them, went through the Service.
+func (c *Cluster) ServiceConnections(namespace, name string) int {
+	return c.proxy.connections(types.NamespacedName{Namespace: namespace, Name: name})
 }
 
 // WriteAdminKubeconfig writes a kubeconfig for an admin (system:masters) user

@@ -117,15 +117,18 @@ const nodeDirPrefix = "agentmesh-node-"
 // nodeAPIServerFlags are the kube-apiserver flags a real node needs: the
 // Node authorizer and NodeRestriction for a kubelet that authenticates as
 // system:node:node1, the ServiceAccount admission plugin (envtest disables
-// it) so Pods get their service account token, and endpoint routing so the
-// API server reaches a webhook Service through its endpoints (there is no
-// kube-proxy).
+// it) so Pods get their service account token, and a loopback Service CIDR
+// (envtest's is 10.0.0.0/24). The API server calls a webhook Service at
+// its ClusterIP:port (no aggregator routing: that resolves a Service
+// through its EndpointSlices, which cannot hold the Pods' loopback
+// addresses), where the cluster's Service proxy listens and forwards to a
+// ready Pod; there is no kube-proxy.
 func nodeAPIServerFlags() map[string]string {
 	return map[string]string{
 		"authorization-mode":              "Node,RBAC",
 		"enable-admission-plugins":        "NodeRestriction",
 		"disable-admission-plugins":       "",
-		"enable-aggregator-routing":       "true",
+		"service-cluster-ip-range":        nodeServiceCIDR,
 		"kubelet-preferred-address-types": "InternalIP,Hostname",
 	}
 }

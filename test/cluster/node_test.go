@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,13 +15,16 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // TestNode starts the local cluster with two nodes, runs a Pod of the
 // example agent image with a Secret volume on the second, reads the Pod's
-// log through the API server (API server -> kubelet on 127.0.0.2), measures
-// how fast the first node's kubelet refreshes a projected Secret, and checks
-// that Stop leaves no process, mount or directory behind.
+// log through the API server (API server -> kubelet on 127.0.0.2), calls
+// the API server through the kubernetes Service (the loopback Service
+// proxy), measures how fast the first node's kubelet refreshes a projected
+// Secret, and checks that Stop leaves no process, mount, directory or
+// listener behind.
 func TestNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the node needs root")
@@ -132,12 +136,16 @@ func TestNode(t *testing.T) {
 	if len(mountsUnder(dirs[1])) == 0 {
 		t.Error("the kubelet of node2 mounted nothing under its directory")
 	}
+	kubeService := checkKubernetesService(ctx, t, c, cs)
 	measureRefresh(ctx, t, c, cs, tag, sync)
 
 	if err := c.Stop(); err != nil {
 		t.Errorf("Stop: %v", err)
 	}
 	stopped = true
+	if err := refused(kubeService); err != nil {
+		t.Errorf("the Service proxy after Stop: %v", err)
+	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, dir := range dirs {
 		if m := mountsUnder(dir); len(m) != 0 {
@@ -153,6 +161,36 @@ func TestNode(t *testing.T) {
 			}
 		}
 	}
+}
+
+// checkKubernetesService calls the API server through the kubernetes
+// Service: its ClusterIP is in the loopback Service CIDR and the Service
+// proxy forwards it to the API server (whose serving certificate names
+// localhost and 127.0.0.1, not the ClusterIP). It returns the Service's
+// address.
+func checkKubernetesService(ctx context.Context, t *testing.T, c *Cluster, cs kubernetes.Interface) string {
+	t.Helper()
+	svc, err := cs.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.Spec.ClusterIP != "127.0.100.1" {
+		t.Errorf("the kubernetes Service's ClusterIP is %s, want 127.0.100.1", svc.Spec.ClusterIP)
+	}
+	addr := net.JoinHostPort(svc.Spec.ClusterIP, "443")
+	cfg := rest.CopyConfig(c.Config)
+	cfg.Host = "https://" + addr
+	cfg.ServerName = "localhost"
+	before := c.ServiceConnections(metav1.NamespaceDefault, "kubernetes")
+	v, err := kubernetes.NewForConfigOrDie(cfg).Discovery().ServerVersion()
+	if err != nil {
+		t.Fatalf("the API server through the kubernetes Service at %s: %v", addr, err)
+	}
+	if n := c.ServiceConnections(metav1.NamespaceDefault, "kubernetes") - before; n < 1 {
+		t.Errorf("the Service proxy counted %d connections of default/kubernetes", n)
+	}
+	t.Logf("the API server (%s) answered through the kubernetes Service at %s", v.GitVersion, addr)
+	return addr
 }
 
 // measureRefresh runs a Pod that projects a Secret, changes the Secret three

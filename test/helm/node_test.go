@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -34,7 +35,9 @@ import (
 // they have no Pod network): its Pods meet PodSecurity "restricted" but for
 // what hostNetwork brings, both replicas become Ready, one on each node, one
 // holds the Lease, both serve the webhook for its Service name with a
-// certificate the caBundle trusts, and SIGKILL of the leader's container
+// certificate the caBundle trusts, the API server calls the webhook through
+// its Service (the cluster's loopback Service proxy) to inject a
+// Deployment's Pod, which then runs, and SIGKILL of the leader's container
 // loses no issuance: the other replica takes over within the lease time.
 func TestChartOnNodes(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -75,7 +78,9 @@ func TestChartOnNodes(t *testing.T) {
 	}
 	values := installValues + fmt.Sprintf(`hostNetwork: true
 image: {pullPolicy: Never}
-# No kube-proxy: the operator reaches the API server at its address.
+# The kubernetes Service's ClusterIP reaches the API server through the
+# cluster's Service proxy, but the API server's serving certificate names
+# only localhost and 127.0.0.1: the operator calls it at its address.
 extraEnv:
 - {name: KUBERNETES_SERVICE_HOST, value: %q}
 - {name: KUBERNETES_SERVICE_PORT, value: %q}
@@ -130,6 +135,10 @@ extraEnv:
 			}
 			_ = conn.Close()
 		}
+	})
+
+	t.Run("the webhook injects a Deployment's Pods through the Service", func(t *testing.T) {
+		checkInjectionThroughService(t, c, cs, k8s)
 	})
 
 	t.Run("killing the leader loses no issuance", func(t *testing.T) {
@@ -191,6 +200,193 @@ extraEnv:
 			t.Error(err)
 		}
 	})
+}
+
+// checkInjectionThroughService creates an AgentIdentity and a Deployment
+// of the example agent whose Pods opt in to it (the identity label), and
+// checks what the webhook injected into the Pod the ReplicaSet controller
+// created, that the Pod runs and serves the identity's certificate, and
+// that the API server's call went through the webhook's Service: the
+// cluster's Service proxy forwarded connections for it.
+func checkInjectionThroughService(t *testing.T, c *cluster.Cluster, cs kubernetes.Interface, k8s client.Client) {
+	t.Helper()
+	ctx := t.Context()
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := k8s.Get(ctx, types.NamespacedName{Name: release}, mwc); err != nil {
+		t.Fatal(err)
+	}
+	ref := mwc.Webhooks[0].ClientConfig.Service
+	if ref == nil {
+		t.Fatalf("the webhook is not called through a Service: %+v", mwc.Webhooks[0].ClientConfig)
+	}
+	svc, err := cs.CoreV1().Services(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(svc.Spec.ClusterIP, "127.0.100.") {
+		t.Errorf("the webhook Service's ClusterIP %s is not in the loopback Service CIDR", svc.Spec.ClusterIP)
+	}
+
+	const ns, name = "injected", "echo"
+	spiffeID := "spiffe://" + trustDomain + "/ns/" + ns + "/agent/" + name
+	if err := cluster.EnsureNamespace(ctx, cs, ns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, &mtlsv1alpha1.AgentIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       mtlsv1alpha1.AgentIdentitySpec{ServiceAccountName: name},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tag, err := cluster.ImageTag(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := cluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"app.kubernetes.io/name": name}
+	replicas, grace := int32(1), int64(1)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app.kubernetes.io/name": name, mtlsv1alpha1.LabelIdentity: name}},
+				Spec: corev1.PodSpec{
+					ServiceAccountName:            name,
+					HostNetwork:                   true,
+					TerminationGracePeriodSeconds: &grace,
+					Containers: []corev1.Container{{Name: "agent", Image: cluster.AgentImage.Ref(tag), ImagePullPolicy: corev1.PullNever,
+						Args: []string{"--listen", fmt.Sprintf("127.0.0.1:%d", port)}}},
+				},
+			},
+		},
+	}
+	before := c.ServiceConnections(svc.Namespace, svc.Name)
+	if err := k8s.Create(ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), dep) })
+	var pod *corev1.Pod
+	if err := cluster.Poll(ctx, 2*time.Minute, "the Deployment's Pod runs", func() error {
+		list, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + name})
+		if err != nil {
+			return err
+		}
+		if len(list.Items) == 0 {
+			return replicaSetFailure(ctx, cs, ns)
+		}
+		p := &list.Items[0]
+		for _, st := range p.Status.ContainerStatuses {
+			if p.Status.Phase == corev1.PodRunning && st.Ready {
+				pod = p
+				return nil
+			}
+		}
+		return fmt.Errorf("Pod %s: phase %s, containers %+v", p.Name, p.Status.Phase, p.Status.ContainerStatuses)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	calls := c.ServiceConnections(svc.Namespace, svc.Name) - before
+	if calls < 1 {
+		t.Errorf("the Service proxy forwarded %d connections for %s/%s: the webhook was not called through its Service", calls, svc.Namespace, svc.Name)
+	}
+	t.Logf("Pod %s injected through %s/%s (%s:443; %d connections forwarded by the Service proxy) and running on %s",
+		pod.Name, svc.Namespace, svc.Name, svc.Spec.ClusterIP, calls, pod.Spec.NodeName)
+	if pod.Spec.NodeName != "node1" && pod.Spec.NodeName != "node2" {
+		t.Errorf("the Pod is bound to %q", pod.Spec.NodeName)
+	}
+	if got := pod.Annotations[mtlsv1alpha1.AnnotationInjected]; got != spiffeID {
+		t.Errorf("annotation %s: %q, want %q", mtlsv1alpha1.AnnotationInjected, got, spiffeID)
+	}
+	checkInjectedPod(t, pod, spiffeID)
+
+	// The agent serves the certificate the kubelet projected from the
+	// identity's Secret.
+	var served []*x509.Certificate
+	conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{
+		InsecureSkipVerify: true, //nolint:gosec // only the served certificate is read
+		MinVersion:         tls.VersionTLS12,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			served = cs.PeerCertificates
+			return nil
+		},
+	})
+	if err == nil {
+		_ = conn.Close()
+	}
+	if len(served) == 0 || len(served[0].URIs) != 1 || served[0].URIs[0].String() != spiffeID {
+		t.Errorf("the agent's certificate (dial: %v): %v", err, served)
+	}
+}
+
+// checkInjectedPod checks the volume, mount and variables the webhook
+// injects, by their literal names.
+func checkInjectedPod(t *testing.T, pod *corev1.Pod, spiffeID string) {
+	t.Helper()
+	var vol *corev1.Volume
+	for i := range pod.Spec.Volumes {
+		if pod.Spec.Volumes[i].Name == "agentmesh-identity" {
+			vol = &pod.Spec.Volumes[i]
+		}
+	}
+	if vol == nil || vol.Projected == nil || len(vol.Projected.Sources) != 2 {
+		t.Fatalf("no projected volume agentmesh-identity of two sources: %+v", pod.Spec.Volumes)
+	}
+	sec, cm := vol.Projected.Sources[0].Secret, vol.Projected.Sources[1].ConfigMap
+	if sec == nil || sec.Name != "echo-tls" || fmt.Sprint(sec.Items) != fmt.Sprint([]corev1.KeyToPath{{Key: "tls.crt", Path: "tls.crt"}, {Key: "tls.key", Path: "tls.key"}}) {
+		t.Errorf("the volume's Secret projection: %+v", sec)
+	}
+	if cm == nil || cm.Name != "echo-trust" || fmt.Sprint(cm.Items) != fmt.Sprint([]corev1.KeyToPath{{Key: "bundle.pem", Path: "bundle.pem"}, {Key: "policy.json", Path: "policy.json"}}) {
+		t.Errorf("the volume's ConfigMap projection: %+v", cm)
+	}
+	ctr := pod.Spec.Containers[0]
+	want := corev1.VolumeMount{Name: "agentmesh-identity", MountPath: "/var/run/agentmesh", ReadOnly: true}
+	found := false
+	for _, m := range ctr.VolumeMounts {
+		found = found || (m.Name == want.Name && m.MountPath == want.MountPath && m.ReadOnly && m.SubPath == "")
+	}
+	if !found {
+		t.Errorf("container %s mounts %+v, want %+v among them", ctr.Name, ctr.VolumeMounts, want)
+	}
+	env := map[string]string{}
+	for _, e := range ctr.Env {
+		env[e.Name] = e.Value
+	}
+	for k, v := range map[string]string{
+		"AGENTMESH_SPIFFE_ID":   spiffeID,
+		"AGENTMESH_CERT_FILE":   "/var/run/agentmesh/tls.crt",
+		"AGENTMESH_KEY_FILE":    "/var/run/agentmesh/tls.key",
+		"AGENTMESH_BUNDLE_FILE": "/var/run/agentmesh/bundle.pem",
+		"AGENTMESH_POLICY_FILE": "/var/run/agentmesh/policy.json",
+	} {
+		if env[k] != v {
+			t.Errorf("container %s: %s=%q, want %q", ctr.Name, k, env[k], v)
+		}
+	}
+}
+
+// replicaSetFailure is why a namespace's ReplicaSets made no Pod yet (a
+// refused webhook call shows as ReplicaFailure), or a plain "no Pod yet".
+func replicaSetFailure(ctx context.Context, cs kubernetes.Interface, ns string) error {
+	rss, err := cs.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, rs := range rss.Items {
+		for _, cond := range rs.Status.Conditions {
+			if cond.Type == appsv1.ReplicaSetReplicaFailure && cond.Status == corev1.ConditionTrue {
+				return fmt.Errorf("no Pod yet: ReplicaSet %s: %s", rs.Name, cond.Message)
+			}
+		}
+	}
+	return errors.New("no Pod yet")
 }
 
 // violation is one item of a PodSecurity message: `name (detail)`.
