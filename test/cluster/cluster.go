@@ -64,7 +64,13 @@ type Cluster struct {
 	kcmDir    string
 	nodes     []*node
 	proxy     *serviceProxy
+	// serviceCIDR is the loopback Service IP range of a cluster with nodes.
+	serviceCIDR string
 }
+
+// ServiceCIDR is the loopback Service IP range of a cluster with nodes
+// (empty without nodes).
+func (c *Cluster) ServiceCIDR() string { return c.serviceCIDR }
 
 // RepoRoot finds the repository root by walking up from the working
 // directory to the directory that holds the project's go.mod.
@@ -152,8 +158,14 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	api := env.ControlPlane.GetAPIServer()
 	api.Address = "127.0.0.1"
+	serviceCIDR := ""
 	if opts.Node != nil {
-		for k, v := range nodeAPIServerFlags() {
+		cidr, err := freeServiceCIDR()
+		if err != nil {
+			return nil, err
+		}
+		serviceCIDR = cidr
+		for k, v := range nodeAPIServerFlags(cidr) {
 			api.Configure().Set(k, v)
 		}
 	}
@@ -167,7 +179,7 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	// Keep the client fast: tests and the dev cluster create many objects.
 	cfg.QPS, cfg.Burst = 500, 1000
-	c := &Cluster{Env: env, Config: cfg, Root: root}
+	c := &Cluster{Env: env, Config: cfg, Root: root, serviceCIDR: serviceCIDR}
 	if opts.Node != nil {
 		if err := c.startServiceProxy(opts.Output); err != nil {
 			_ = c.Stop()
@@ -288,7 +300,7 @@ func (c *Cluster) startServiceProxy(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := startServiceProxy(cs, nodeServiceCIDR, u.Host, out)
+	p, err := startServiceProxy(cs, c.serviceCIDR, u.Host, out)
 	if err != nil {
 		return err
 	}

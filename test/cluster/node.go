@@ -123,12 +123,12 @@ const nodeDirPrefix = "agentmesh-node-"
 // through its EndpointSlices, which cannot hold the Pods' loopback
 // addresses), where the cluster's Service proxy listens and forwards to a
 // ready Pod; there is no kube-proxy.
-func nodeAPIServerFlags() map[string]string {
+func nodeAPIServerFlags(serviceCIDR string) map[string]string {
 	return map[string]string{
 		"authorization-mode":              "Node,RBAC",
 		"enable-admission-plugins":        "NodeRestriction",
 		"disable-admission-plugins":       "",
-		"service-cluster-ip-range":        nodeServiceCIDR,
+		"service-cluster-ip-range":        serviceCIDR,
 		"kubelet-preferred-address-types": "InternalIP,Hostname",
 	}
 }

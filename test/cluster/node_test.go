@@ -174,8 +174,8 @@ func checkKubernetesService(ctx context.Context, t *testing.T, c *Cluster, cs ku
 	if err != nil {
 		t.Fatal(err)
 	}
-	if svc.Spec.ClusterIP != "127.0.100.1" {
-		t.Errorf("the kubernetes Service's ClusterIP is %s, want 127.0.100.1", svc.Spec.ClusterIP)
+	if want := strings.TrimSuffix(c.ServiceCIDR(), "0/24") + "1"; svc.Spec.ClusterIP != want {
+		t.Errorf("the kubernetes Service's ClusterIP is %s, want %s (the first of %s)", svc.Spec.ClusterIP, want, c.ServiceCIDR())
 	}
 	addr := net.JoinHostPort(svc.Spec.ClusterIP, "443")
 	cfg := rest.CopyConfig(c.Config)

@@ -23,10 +23,26 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// nodeServiceCIDR is the Service IP range of a cluster with nodes. It is
-// loopback so that the Service proxy can listen on every ClusterIP; the
-// kubernetes Service gets 127.0.100.1.
+// nodeServiceCIDR is the first Service IP range tried for a cluster with
+// nodes. It is loopback so that the Service proxy can listen on every
+// ClusterIP; the kubernetes Service gets its first address.
 const nodeServiceCIDR = "127.0.100.0/24"
+
+// freeServiceCIDR picks the Service IP range of a cluster with nodes: the
+// first of 127.0.100.0/24 ... 127.0.199.0/24 whose first address has port
+// 443 free, so that a second cluster on the machine (make dev beside the
+// tests) does not answer for this one's Services.
+func freeServiceCIDR() (string, error) {
+	for k := 100; k < 200; k++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.%d.1:443", k))
+		if err != nil {
+			continue
+		}
+		_ = ln.Close()
+		return fmt.Sprintf("127.0.%d.0/24", k), nil
+	}
+	return "", errors.New("cluster: no free loopback Service CIDR in 127.0.100.0/24 ... 127.0.199.0/24")
+}
 
 // serviceProxy does kube-proxy's job for a cluster with nodes, in user
 // space: for each TCP port of a ClusterIP Service with a selector and a

@@ -223,8 +223,8 @@ func checkInjectionThroughService(t *testing.T, c *cluster.Cluster, cs kubernete
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(svc.Spec.ClusterIP, "127.0.100.") {
-		t.Errorf("the webhook Service's ClusterIP %s is not in the loopback Service CIDR", svc.Spec.ClusterIP)
+	if !strings.HasPrefix(svc.Spec.ClusterIP, strings.TrimSuffix(c.ServiceCIDR(), "0/24")) {
+		t.Errorf("the webhook Service's ClusterIP %s is not in the loopback Service CIDR %s", svc.Spec.ClusterIP, c.ServiceCIDR())
 	}
 
 	const ns, name = "injected", "echo"
