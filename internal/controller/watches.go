@@ -93,6 +93,7 @@ var labelsChanged = predicate.Funcs{
 func identitiesIn(ctx context.Context, c client.Reader, ns string) []reconcile.Request {
 	list := &mtlsv1alpha1.AgentIdentityList{}
 	if err := c.List(ctx, list, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
+		logf.FromContext(ctx).Error(err, "listing AgentIdentities to queue after a change: they are not queued", "namespace", ns)
 		return nil
 	}
 	out := make([]reconcile.Request, 0, len(list.Items))
@@ -111,6 +112,7 @@ func identitiesSelectedBy(ctx context.Context, c client.Reader, p *mtlsv1alpha1.
 	}
 	list := &mtlsv1alpha1.AgentIdentityList{}
 	if err := c.List(ctx, list, client.InNamespace(p.Namespace), client.MatchingLabelsSelector{Selector: sel}, client.UnsafeDisableDeepCopy); err != nil {
+		logf.FromContext(ctx).Error(err, "listing the AgentIdentities a policy selects: they are not queued", "policy", client.ObjectKeyFromObject(p))
 		return nil
 	}
 	out := make([]reconcile.Request, 0, len(list.Items))
@@ -124,6 +126,7 @@ func identitiesSelectedBy(ctx context.Context, c client.Reader, p *mtlsv1alpha1.
 func policiesWhere(ctx context.Context, c client.Reader, keep func(*mtlsv1alpha1.AgentTrustPolicy) bool, opts ...client.ListOption) []*mtlsv1alpha1.AgentTrustPolicy {
 	list := &mtlsv1alpha1.AgentTrustPolicyList{}
 	if err := c.List(ctx, list, opts...); err != nil {
+		logf.FromContext(ctx).Error(err, "listing AgentTrustPolicies to queue their identities: they are not queued")
 		return nil
 	}
 	var out []*mtlsv1alpha1.AgentTrustPolicy
@@ -301,6 +304,9 @@ func identityOfPodCertificateRequest(c client.Reader) func(context.Context, clie
 		}
 		pod := &corev1.Pod{}
 		if err := c.Get(ctx, types.NamespacedName{Namespace: pcr.Namespace, Name: pcr.Spec.PodName}, pod); err != nil {
+			if client.IgnoreNotFound(err) != nil {
+				logf.FromContext(ctx).Error(err, "reading the Pod of a PodCertificateRequest: its identity is not queued", "pod", pcr.Spec.PodName)
+			}
 			return nil
 		}
 		return identityOfPod(ctx, pod)
