@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"sync"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -60,30 +61,47 @@ func conditionsOf(st *mtlsv1alpha1.AgentIdentityStatus, types ...string) []metav
 // statusWriter applies one writer's part of AgentIdentity statuses; its
 // zero value is ready to use.
 type statusWriter struct {
-	// written remembers a hash of the part last applied per identity, so
-	// that a pass that runs before the cache has caught up with that write
-	// does not apply the same part again.
+	// written remembers a hash of the part last applied per identity. For a
+	// while after a write the cache may still show an older status: a pass
+	// then compares with what it applied, not with the cache, so it neither
+	// applies the same part again nor skips a change back to what the stale
+	// cache happens to show.
 	written sync.Map // types.NamespacedName -> writtenPart
+	// now is the real clock (cache lag is real time); nil means time.Now.
+	now func() time.Time
 }
 
 type writtenPart struct {
 	uid  types.UID
 	hash uint64
+	at   time.Time
 }
 
+// writtenTTL is how long a write is trusted over the cache: far longer than
+// a watch event takes to arrive, short enough that a status changed by
+// someone else is repaired by a later pass.
+const writtenTTL = 30 * time.Second
+
 // write applies, as field manager owner, the part of id's status that part
-// selects, when it differs from that part of original (what the pass
-// started from).
+// selects, when it differs from what the status holds: the part this writer
+// applied within writtenTTL, or else that part of original (what the pass
+// started from, as cached).
 func (w *statusWriter) write(ctx context.Context, c client.Client, owner string,
 	part func(*mtlsv1alpha1.AgentIdentityStatus) *mtlsv1alpha1.AgentIdentityStatus, original, id *mtlsv1alpha1.AgentIdentity) error {
 	mine := part(&id.Status)
 	h := hashJSON(mine)
-	if h == hashJSON(part(&original.Status)) {
-		return nil
-	}
 	key := client.ObjectKeyFromObject(id)
-	if prev, ok := w.written.Load(key); ok && prev.(writtenPart) == (writtenPart{id.UID, h}) {
-		// Applied by an earlier pass; the cache has not caught up yet.
+	now := time.Now
+	if w.now != nil {
+		now = w.now
+	}
+	current := hashJSON(part(&original.Status))
+	if prev, ok := w.written.Load(key); ok {
+		if p := prev.(writtenPart); p.uid == id.UID && now().Sub(p.at) < writtenTTL {
+			current = p.hash
+		}
+	}
+	if h == current {
 		return nil
 	}
 	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(mine)
@@ -102,7 +120,7 @@ func (w *statusWriter) write(ctx context.Context, c client.Client, owner string,
 		client.FieldOwner(owner), client.ForceOwnership); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	w.written.Store(key, writtenPart{id.UID, h})
+	w.written.Store(key, writtenPart{uid: id.UID, hash: h, at: now()})
 	return nil
 }
 

@@ -1,0 +1,84 @@
+package controller
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+)
+
+// applyCounter is a client whose status writer counts applies; statusWriter
+// uses nothing else of it.
+type applyCounter struct {
+	client.Client
+	applies int
+}
+
+func (a *applyCounter) Status() client.SubResourceWriter {
+	return statusApplies{SubResourceWriter: nil, a: a}
+}
+
+type statusApplies struct {
+	client.SubResourceWriter
+	a *applyCounter
+}
+
+func (s statusApplies) Apply(context.Context, runtime.ApplyConfiguration, ...client.SubResourceApplyOption) error {
+	s.a.applies++
+	return nil
+}
+
+// TestStatusWriterComparesWithItsLastWrite: a pass that starts from a cache
+// still showing an older status applies what it computes whenever that
+// differs from what this writer last applied, and only then; after
+// writtenTTL the cache is the reference again.
+func TestStatusWriterComparesWithItsLastWrite(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	w := &statusWriter{now: func() time.Time { return now }}
+	c := &applyCounter{}
+	withPolicies := func(p ...string) *mtlsv1alpha1.AgentIdentity {
+		id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "agents", Name: "worker", UID: "u1"}}
+		id.Status.Policies = p
+		return id
+	}
+	write := func(original, want *mtlsv1alpha1.AgentIdentity) {
+		t.Helper()
+		if err := w.write(context.Background(), c, mtlsv1alpha1.FieldManagerTrust, trustStatus, original, want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		what           string
+		cached, wanted []string
+		advance        time.Duration
+		applies        int
+	}{
+		{"a change is applied", nil, []string{"p"}, 0, 1},
+		{"the cache lags: the same part is not applied again", nil, []string{"p"}, 0, 1},
+		{"the cache lags: a change back to what it shows is applied", nil, nil, 0, 2},
+		{"the cache lags behind both writes: nothing to apply", []string{"p"}, nil, 0, 2},
+		{"the cache caught up: nothing to apply", nil, nil, 0, 2},
+		{"after the TTL the cache is the reference: repaired", []string{"someone-else"}, nil, writtenTTL, 3},
+	}
+	for _, s := range steps {
+		now = now.Add(s.advance)
+		write(withPolicies(s.cached...), withPolicies(s.wanted...))
+		if c.applies != s.applies {
+			t.Fatalf("%s: %d applies, want %d", s.what, c.applies, s.applies)
+		}
+	}
+	// A new identity of the same name starts from its cache.
+	fresh := withPolicies()
+	fresh.UID = "u2"
+	if err := w.write(context.Background(), c, mtlsv1alpha1.FieldManagerTrust, trustStatus, fresh, fresh.DeepCopy()); err != nil {
+		t.Fatal(err)
+	}
+	if c.applies != 3 {
+		t.Fatalf("a new identity with nothing to change was applied (%d applies)", c.applies)
+	}
+}
