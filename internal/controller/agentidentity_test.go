@@ -31,6 +31,7 @@ import (
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/controller"
 	"github.com/agentmesh/agentmesh/internal/identity"
+	"github.com/agentmesh/agentmesh/test/cluster"
 )
 
 // parsed is an identity Secret taken apart.
@@ -68,7 +69,7 @@ func parseSecret(t *testing.T, s *corev1.Secret) parsed {
 func serialOf(p parsed) string { return ca.SerialHex(p.leaf.SerialNumber) }
 
 func TestIssuance(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	id := newIdentity(ns, "worker", func(a *mtlsv1alpha1.AgentIdentity) {
 		a.Spec.DNSNames = []string{"worker.agents.svc"}
 		a.Labels = map[string]string{"role": "worker"}
@@ -124,7 +125,7 @@ func TestIssuance(t *testing.T) {
 
 	// Status tells the truth about the Secret.
 	st := got.Status
-	caState, _ := running.op.CA.Get()
+	caState, _ := running.CA.Get()
 	if st.SPIFFEID != wantID || st.SecretName != "worker-tls" || st.SerialNumber != serialOf(p) ||
 		!st.NotBefore.Time.Equal(p.leaf.NotBefore) || !st.NotAfter.Time.Equal(p.leaf.NotAfter) ||
 		st.CASerial != caState.Active.SerialHex() || st.ObservedGeneration != got.Generation || st.FailedIssuanceAttempts != 0 {
@@ -158,7 +159,7 @@ func TestIssuance(t *testing.T) {
 }
 
 func TestKeyAlgorithms(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	for _, tc := range []struct {
 		name string
 		key  mtlsv1alpha1.PrivateKey
@@ -182,7 +183,7 @@ func TestKeyAlgorithms(t *testing.T) {
 }
 
 func TestRenewalByClock(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	id := newIdentity(ns, "renewer", func(a *mtlsv1alpha1.AgentIdentity) {
 		a.Spec.Duration = &metav1.Duration{Duration: time.Hour}
 	})
@@ -207,7 +208,7 @@ func TestRenewalByClock(t *testing.T) {
 	// controller's own queue, tries again on fresh objects.
 	clk.SetTime(before.Status.RenewalTime.Time)
 	var res reconcile.Result
-	eventually(t, 5*time.Second, "reconcile at the renewal time", func() error {
+	cluster.Eventually(t, 5*time.Second, "reconcile at the renewal time", func() error {
 		var err error
 		res, err = r.Reconcile(context.Background(), req(nn))
 		if err != nil && !apierrors.IsConflict(err) {
@@ -223,7 +224,7 @@ func TestRenewalByClock(t *testing.T) {
 		t.Error("the renewed certificate reuses the old key")
 	}
 	after := waitCondition(t, nn, mtlsv1alpha1.ConditionReady, metav1.ConditionTrue, mtlsv1alpha1.ReasonIssued)
-	eventually(t, 5*time.Second, "status follows the renewal", func() error {
+	cluster.Eventually(t, 5*time.Second, "status follows the renewal", func() error {
 		if err := k8s.Get(context.Background(), nn, after); err != nil {
 			return err
 		}
@@ -238,7 +239,7 @@ func TestRenewalByClock(t *testing.T) {
 	if want := after.Status.RenewalTime.Sub(clk.Now()); res.RequeueAfter < want || res.RequeueAfter > want+5*time.Second {
 		t.Errorf("requeue after %s, want about %s (the next renewal)", res.RequeueAfter, want)
 	}
-	note := waitEvent(t, after, "AgentIdentity", "Renewed")
+	note := cluster.WaitEvent(t, k8s, after, "AgentIdentity", "Renewed", 10*time.Second)
 	if !strings.Contains(note, serialOf(second)) || !strings.Contains(note, after.Status.SPIFFEID) {
 		t.Errorf("Renewed event %q does not name the new serial and the SPIFFE ID", note)
 	}
@@ -248,7 +249,7 @@ func TestRenewalByClock(t *testing.T) {
 }
 
 func TestRepair(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	for _, name := range []string{"victim", "other"} {
 		create(t, newIdentity(ns, name))
 		waitReady(t, types.NamespacedName{Namespace: ns, Name: name})
@@ -260,7 +261,7 @@ func TestRepair(t *testing.T) {
 	// repaired waits for a new, valid certificate for the victim.
 	repaired := func(what string) {
 		t.Helper()
-		eventually(t, 10*time.Second, "repair after "+what, func() error {
+		cluster.Eventually(t, 10*time.Second, "repair after "+what, func() error {
 			s := &corev1.Secret{}
 			if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "victim-tls"}, s); err != nil {
 				return err
@@ -279,7 +280,7 @@ func TestRepair(t *testing.T) {
 			return nil
 		})
 		got := waitReady(t, victim)
-		eventually(t, 5*time.Second, "status serial after "+what, func() error {
+		cluster.Eventually(t, 5*time.Second, "status serial after "+what, func() error {
 			if err := k8s.Get(context.Background(), victim, got); err != nil {
 				return err
 			}
@@ -294,7 +295,7 @@ func TestRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	repaired("deleting the Secret")
-	waitEvent(t, newIdentity(ns, "victim"), "AgentIdentity", "SecretRepaired")
+	cluster.WaitEvent(t, k8s, newIdentity(ns, "victim"), "AgentIdentity", "SecretRepaired", 10*time.Second)
 
 	s := getSecret(t, ns, "victim-tls")
 	s.Data["tls.key"] = []byte("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
@@ -313,7 +314,7 @@ func TestRepair(t *testing.T) {
 }
 
 func TestForeignSecretIsNeverOverwritten(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	foreign := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "taken-tls"},
 		Data:       map[string][]byte{"password": []byte("hunter2")},
@@ -326,7 +327,7 @@ func TestForeignSecretIsNeverOverwritten(t *testing.T) {
 	if c := meta.FindStatusCondition(got.Status.Conditions, mtlsv1alpha1.ConditionReady); !strings.Contains(c.Message, "Secret taken-tls exists and was not created by agentmesh") {
 		t.Errorf("message %q", c.Message)
 	}
-	waitEvent(t, got, "AgentIdentity", "SecretConflict")
+	cluster.WaitEvent(t, k8s, got, "AgentIdentity", "SecretConflict", 10*time.Second)
 	s := getSecret(t, ns, "taken-tls")
 	if string(s.Data["password"]) != "hunter2" || len(s.Data) != 1 || len(s.OwnerReferences) != 0 || len(s.Labels) != 0 {
 		t.Errorf("the foreign Secret was touched: %+v", s)
@@ -352,7 +353,7 @@ func TestForeignSecretIsNeverOverwritten(t *testing.T) {
 }
 
 func TestSpecChanges(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	id := newIdentity(ns, "changer")
 	create(t, id)
 	nn := client.ObjectKeyFromObject(id)
@@ -360,7 +361,7 @@ func TestSpecChanges(t *testing.T) {
 	first := serialOf(parseSecret(t, getSecret(t, ns, "changer-tls")))
 
 	update(t, nn, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.DNSNames = []string{"changer.example"} })
-	eventually(t, 10*time.Second, "reissue for new DNS names", func() error {
+	cluster.Eventually(t, 10*time.Second, "reissue for new DNS names", func() error {
 		p, err := tryParse(getSecret(t, ns, "changer-tls"))
 		if err != nil {
 			return err
@@ -372,7 +373,7 @@ func TestSpecChanges(t *testing.T) {
 	})
 
 	update(t, nn, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "changer-cert" })
-	eventually(t, 10*time.Second, "the new Secret is written and the old one removed", func() error {
+	cluster.Eventually(t, 10*time.Second, "the new Secret is written and the old one removed", func() error {
 		got := &mtlsv1alpha1.AgentIdentity{}
 		if err := k8s.Get(context.Background(), nn, got); err != nil {
 			return err
@@ -390,7 +391,7 @@ func TestSpecChanges(t *testing.T) {
 }
 
 func TestBackoffGrowsOnRepeatedCAFailure(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	stopOperator()
 	defer func() {
 		if err := startOperator(); err != nil {
@@ -451,7 +452,7 @@ func TestBackoffGrowsOnRepeatedCAFailure(t *testing.T) {
 	if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "unlucky-tls"}, &corev1.Secret{}); !apierrors.IsNotFound(err) {
 		t.Errorf("a Secret was written despite the failures: %v", err)
 	}
-	waitEvent(t, id, "AgentIdentity", "IssuanceFailed")
+	cluster.WaitEvent(t, k8s, id, "AgentIdentity", "IssuanceFailed", 10*time.Second)
 
 	// The CA works again: the first certificate after the failures is an
 	// Issued Event (one that goes through at once is not).
@@ -469,7 +470,7 @@ func TestBackoffGrowsOnRepeatedCAFailure(t *testing.T) {
 	if got.Status.SerialNumber == "" || got.Status.FailedIssuanceAttempts != 0 {
 		t.Fatalf("after the CA recovered: serial %q, %d failed attempts", got.Status.SerialNumber, got.Status.FailedIssuanceAttempts)
 	}
-	if note := waitEvent(t, id, "AgentIdentity", "Issued"); !strings.Contains(note, got.Status.SerialNumber) {
+	if note := cluster.WaitEvent(t, k8s, id, "AgentIdentity", "Issued", 10*time.Second); !strings.Contains(note, got.Status.SerialNumber) {
 		t.Errorf("Issued event %q does not name serial %s", note, got.Status.SerialNumber)
 	}
 }
@@ -477,12 +478,12 @@ func TestBackoffGrowsOnRepeatedCAFailure(t *testing.T) {
 // TestRestartMakesNoWrites restarts the operator over 100 Ready identities
 // and watches the API server: not one Secret or AgentIdentity may change.
 func TestRestartMakesNoWrites(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	const n = 100
 	for i := range n {
 		create(t, newIdentity(ns, fmt.Sprintf("agent-%03d", i)))
 	}
-	eventually(t, 60*time.Second, "100 identities Ready", func() error {
+	cluster.Eventually(t, 60*time.Second, "100 identities Ready", func() error {
 		list := &mtlsv1alpha1.AgentIdentityList{}
 		if err := k8s.List(context.Background(), list, client.InNamespace(ns)); err != nil {
 			return err
@@ -519,7 +520,7 @@ func TestRestartMakesNoWrites(t *testing.T) {
 	if err := startOperator(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the restarted operator reconciled every identity", func() error {
+	cluster.Eventually(t, 30*time.Second, "the restarted operator reconciled every identity", func() error {
 		// Each identity is reconciled by the certificate and the trust
 		// controller.
 		if done := reconcileTotal(t) - before; done < 2*n {
@@ -583,7 +584,7 @@ func waitIdle(t *testing.T) {
 // highest verbosity, every Event and every status for every private key it
 // issued in this run.
 func TestNoPrivateKeyInLogs(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	create(t, newIdentity(ns, "secretive"))
 	waitReady(t, types.NamespacedName{Namespace: ns, Name: "secretive"})
 	log := logs.String()
@@ -671,7 +672,7 @@ func mustRequest(t *testing.T, id *mtlsv1alpha1.AgentIdentity) identity.Request 
 
 func update(t *testing.T, nn types.NamespacedName, mutate func(*mtlsv1alpha1.AgentIdentity)) {
 	t.Helper()
-	eventually(t, 5*time.Second, "update "+nn.String(), func() error {
+	cluster.Eventually(t, 5*time.Second, "update "+nn.String(), func() error {
 		got := &mtlsv1alpha1.AgentIdentity{}
 		if err := k8s.Get(context.Background(), nn, got); err != nil {
 			return err
@@ -755,12 +756,12 @@ func secretNeedles(keyPEM []byte) []string {
 // TestDeletingIdentityDeletesSecret relies on the owner reference: the
 // garbage collector of kube-controller-manager removes the Secret.
 func TestDeletingIdentityDeletesSecret(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	id := newIdentity(ns, "ephemeral")
 	create(t, id)
 	waitReady(t, client.ObjectKeyFromObject(id))
 	getSecret(t, ns, "ephemeral-tls")
-	eventually(t, 5*time.Second, "the identity's metrics", func() error {
+	cluster.Eventually(t, 5*time.Second, "the identity's metrics", func() error {
 		if v, ok := findGauge(t, "agentmesh_identity_ready", ns, "ephemeral"); !ok || v != 1 {
 			return fmt.Errorf("agentmesh_identity_ready %v (present: %t), want 1", v, ok)
 		}
@@ -770,7 +771,7 @@ func TestDeletingIdentityDeletesSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The deleted identity's series go with it.
-	eventually(t, 10*time.Second, "the deleted identity's series are dropped", func() error {
+	cluster.Eventually(t, 10*time.Second, "the deleted identity's series are dropped", func() error {
 		for _, name := range []string{"agentmesh_identity_ready", "agentmesh_identity_expiration_timestamp_seconds",
 			"agentmesh_identity_renewal_timestamp_seconds"} {
 			if _, ok := findGauge(t, name, ns, "ephemeral"); ok {
@@ -779,7 +780,7 @@ func TestDeletingIdentityDeletesSecret(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 30*time.Second, "the garbage collector removes the Secret", func() error {
+	cluster.Eventually(t, 30*time.Second, "the garbage collector removes the Secret", func() error {
 		err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "ephemeral-tls"}, &corev1.Secret{})
 		if apierrors.IsNotFound(err) {
 			return nil
@@ -792,7 +793,7 @@ func TestDeletingIdentityDeletesSecret(t *testing.T) {
 // is issued: one Secret write and one status write by each of the two
 // writers of the status (certificate and trust), nothing more.
 func TestOneWriteOfEachPerIssuance(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changes := watchChanges(t, ctx, ns)

@@ -24,6 +24,7 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/policy"
+	"github.com/agentmesh/agentmesh/test/cluster"
 )
 
 // agents creates the planner, worker and outsider identities of a test.
@@ -66,7 +67,7 @@ func effective(t *testing.T, ns, name string) (*policy.Effective, *corev1.Config
 func waitEffective(t *testing.T, ns, name, what string, ok func(*policy.Effective) error) *policy.Effective {
 	t.Helper()
 	var eff *policy.Effective
-	eventually(t, 20*time.Second, name+": "+what, func() error {
+	cluster.Eventually(t, 20*time.Second, name+": "+what, func() error {
 		eff, _ = effective(t, ns, name)
 		if eff == nil {
 			return fmt.Errorf("no trust ConfigMap yet")
@@ -78,24 +79,15 @@ func waitEffective(t *testing.T, ns, name, what string, ok func(*policy.Effectiv
 
 func waitPolicy(t *testing.T, nn types.NamespacedName, status metav1.ConditionStatus, reason string) *mtlsv1alpha1.AgentTrustPolicy {
 	t.Helper()
-	p := &mtlsv1alpha1.AgentTrustPolicy{}
-	eventually(t, 20*time.Second, fmt.Sprintf("policy %s Ready=%s/%s", nn, status, reason), func() error {
-		if err := k8s.Get(context.Background(), nn, p); err != nil {
-			return err
-		}
-		c := meta.FindStatusCondition(p.Status.Conditions, mtlsv1alpha1.ConditionReady)
-		if c == nil || c.Status != status || c.Reason != reason || c.ObservedGeneration != p.Generation {
-			return fmt.Errorf("condition %+v", c)
-		}
-		return nil
-	})
+	p := &mtlsv1alpha1.AgentTrustPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: nn.Namespace, Name: nn.Name}}
+	cluster.WaitCondition(t, k8s, p, 20*time.Second, cluster.Condition{Type: mtlsv1alpha1.ConditionReady, Status: status, Reason: reason, Current: true})
 	return p
 }
 
 func idOf(ns, name string) string { return "spiffe://cluster.local/ns/" + ns + "/agent/" + name }
 
 func TestPolicyJSONIsExact(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
 	create(t, workerIngressPolicy(ns))
 	p := waitPolicy(t, types.NamespacedName{Namespace: ns, Name: "worker-ingress"}, metav1.ConditionTrue, mtlsv1alpha1.ReasonCompiled)
@@ -104,7 +96,7 @@ func TestPolicyJSONIsExact(t *testing.T) {
 	}
 
 	_, cm := effective(t, ns, "worker")
-	st, _ := running.op.CA.Get()
+	st, _ := running.CA.Get()
 	fp := policy.Fingerprint(st.Anchors[0])
 	want := fmt.Sprintf(`{
   "version": "agentmesh.dev/policy/v1",
@@ -167,7 +159,7 @@ func TestPolicyJSONIsExact(t *testing.T) {
 }
 
 func TestPolicyFollowsLabelsAndDeletion(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
 	create(t, workerIngressPolicy(ns))
 	allowed := func(ids ...string) func(*policy.Effective) error {
@@ -195,7 +187,7 @@ func TestPolicyFollowsLabelsAndDeletion(t *testing.T) {
 		return nil
 	})
 	p := waitPolicy(t, types.NamespacedName{Namespace: ns, Name: "worker-ingress"}, metav1.ConditionTrue, mtlsv1alpha1.ReasonCompiled)
-	eventually(t, 10*time.Second, "selected count", func() error {
+	cluster.Eventually(t, 10*time.Second, "selected count", func() error {
 		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(p), p); err != nil {
 			return err
 		}
@@ -217,7 +209,7 @@ func TestPolicyFollowsLabelsAndDeletion(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 10*time.Second, "status.policies empties", func() error {
+	cluster.Eventually(t, 10*time.Second, "status.policies empties", func() error {
 		w := &mtlsv1alpha1.AgentIdentity{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "worker"}, w); err != nil {
 			return err
@@ -230,9 +222,9 @@ func TestPolicyFollowsLabelsAndDeletion(t *testing.T) {
 }
 
 func TestNamespaceSelectorFollowsNamespaceLabels(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
-	other := newNamespace(t)
+	other := cluster.NewNamespace(t, k8s, "agents-")
 	create(t, &mtlsv1alpha1.AgentTrustPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "from-research"},
 		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
@@ -265,7 +257,7 @@ func TestNamespaceSelectorFollowsNamespaceLabels(t *testing.T) {
 }
 
 func TestFederatedTrustBundle(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
 	partner := newCA(t, true)
 	bundle := &corev1.ConfigMap{
@@ -326,7 +318,7 @@ func TestFederatedTrustBundle(t *testing.T) {
 			}
 		})
 	}
-	waitEvent(t, &mtlsv1alpha1.AgentTrustPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "partner"}}, "AgentTrustPolicy", mtlsv1alpha1.ReasonBundleInvalid)
+	cluster.WaitEvent(t, k8s, &mtlsv1alpha1.AgentTrustPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "partner"}}, "AgentTrustPolicy", mtlsv1alpha1.ReasonBundleInvalid, 10*time.Second)
 
 	// A ConfigMap without the label is not read, and the message says so.
 	create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "unlabelled"}, Data: map[string]string{"ca.crt": string(ca.EncodeCertificatesPEM(partner))}})
@@ -342,38 +334,19 @@ func TestFederatedTrustBundle(t *testing.T) {
 		"ConfigMap unlabelled is not labelled mtls.agentmesh.dev/trust-bundle=true")
 }
 
-// conditioned is an object with conditions.
-type conditioned interface {
-	client.Object
-}
-
 // waitMessage waits for a condition with the reason and a message that
 // contains want.
-func waitMessage(t *testing.T, obj conditioned, nn types.NamespacedName, typ, reason, want string) {
+func waitMessage(t *testing.T, obj cluster.Conditioned, nn types.NamespacedName, typ, reason, want string) {
 	t.Helper()
-	eventually(t, 20*time.Second, fmt.Sprintf("%s %s=%s %q", nn, typ, reason, want), func() error {
-		if err := k8s.Get(context.Background(), nn, obj); err != nil {
-			return err
-		}
-		var conds []metav1.Condition
-		switch o := obj.(type) {
-		case *mtlsv1alpha1.AgentTrustPolicy:
-			conds = o.Status.Conditions
-		case *mtlsv1alpha1.AgentIdentity:
-			conds = o.Status.Conditions
-		}
-		c := meta.FindStatusCondition(conds, typ)
-		if c == nil || c.Reason != reason || !strings.Contains(c.Message, want) {
-			return fmt.Errorf("condition %+v", c)
-		}
-		return nil
-	})
+	obj.SetNamespace(nn.Namespace)
+	obj.SetName(nn.Name)
+	cluster.WaitCondition(t, k8s, obj, 20*time.Second, cluster.Condition{Type: typ, Reason: reason, Message: want})
 }
 
 // TestNamespaceWideRuleAtScale: 1,000 identities under one namespace-wide
 // rule; every trust ConfigMap gets the policy, and policy.json stays small.
 func TestNamespaceWideRuleAtScale(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	const n = 1000
 	for i := range n {
 		create(t, newIdentity(ns, fmt.Sprintf("a-%04d", i)))
@@ -386,7 +359,7 @@ func TestNamespaceWideRuleAtScale(t *testing.T) {
 	})
 	nn := types.NamespacedName{Namespace: ns, Name: "namespace-only"}
 	p := &mtlsv1alpha1.AgentTrustPolicy{}
-	eventually(t, 120*time.Second, "compiled into 1,000 identities", func() error {
+	cluster.Eventually(t, 120*time.Second, "compiled into 1,000 identities", func() error {
 		if err := k8s.Get(context.Background(), nn, p); err != nil {
 			return err
 		}
@@ -442,7 +415,7 @@ func newCA(t *testing.T, isCA bool) *x509.Certificate {
 // cannot be parsed cannot tell whom it governs; the identities it governed
 // keep their last trust ConfigMap instead of falling back to the default.
 func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
 	create(t, workerIngressPolicy(ns))
 	nn := types.NamespacedName{Namespace: ns, Name: "worker-ingress"}

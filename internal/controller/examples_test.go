@@ -19,6 +19,7 @@ import (
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/policy"
+	"github.com/agentmesh/agentmesh/test/cluster"
 )
 
 // TestDocumentedExamples applies each policy example of docs/policies/ and
@@ -37,7 +38,7 @@ func TestDocumentedExamples(t *testing.T) {
 			a.Labels = map[string]string{"agentmesh.dev/role": id.role}
 		}))
 	}
-	st, _ := running.op.CA.Get()
+	st, _ := running.CA.Get()
 	fp := policy.Fingerprint(st.Anchors[0])
 	dir := filepath.Join(env.Root, "docs", "policies")
 	for _, example := range []string{"allow-one-caller", "allow-namespace", "federate-partner"} {
@@ -58,7 +59,7 @@ func TestDocumentedExamples(t *testing.T) {
 				}
 			}()
 			var got string
-			eventually(t, 20*time.Second, "the worker compiles "+policyName, func() error {
+			cluster.Eventually(t, 20*time.Second, "the worker compiles "+policyName, func() error {
 				_, cm := effective(t, "agents", "worker")
 				// Exactly this example's policy: the previous one is gone.
 				if cm == nil || cm.Annotations[mtlsv1alpha1.AnnotationPolicies] != policyName+"=1" {

@@ -10,16 +10,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
@@ -33,21 +29,10 @@ import (
 func TestBadCA(t *testing.T) {
 	// A control plane of its own: fixing the CA reissues every identity a
 	// cluster holds, and this test needs only its own.
-	c, err := cluster.Start(cluster.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Stop() }()
-	cl, err := client.New(c.Config, client.Options{Scheme: operator.NewScheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := cluster.ForTest(t, cluster.Options{})
+	cl := c.NewClient(t)
 	ctx := context.Background()
-	for _, ns := range []string{operatorNamespace, "agents"} {
-		if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cluster.CreateNamespaces(t, cl, operatorNamespace, "agents")
 	bad := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: operatorNamespace, Name: "bad-ca"},
 		Data: map[string][]byte{
@@ -64,25 +49,9 @@ func TestBadCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	probe := fmt.Sprintf("127.0.0.1:%d", port)
-	op, err := operator.New(c.Config, operator.Config{
+	op := cluster.StartOperator(t, c.Config, operator.Config{
 		TrustDomain: td, CASecret: types.NamespacedName{Namespace: operatorNamespace, Name: "bad-ca"}, Clock: clk,
-	}, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: probe,
-		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- op.Manager.Start(opCtx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("the operator ended with %v", err)
-		}
-	}()
+	}, ctrl.Options{HealthProbeBindAddress: probe})
 
 	readyz := func() (int, string) {
 		resp, err := http.Get("http://" + probe + "/readyz")
@@ -93,13 +62,13 @@ func TestBadCA(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	eventually(t, 15*time.Second, "readiness reports the CA", func() error {
+	cluster.Eventually(t, 15*time.Second, "readiness reports the CA", func() error {
 		if code, body := readyz(); code != http.StatusInternalServerError || !strings.Contains(body, "[-]ca failed") {
 			return fmt.Errorf("readyz %d %q", code, body)
 		}
 		return nil
 	})
-	note := waitEventIn(t, cl, bad, "Secret", "CAInvalid")
+	note := cluster.WaitEvent(t, cl, bad, "Secret", "CAInvalid", 10*time.Second)
 	if !strings.Contains(note, "tls.crt: certificate 1") {
 		t.Errorf("CAInvalid event %q does not say what is wrong", note)
 	}
@@ -111,7 +80,8 @@ func TestBadCA(t *testing.T) {
 	if err := cl.Create(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	waitMessageIn(t, cl, client.ObjectKeyFromObject(id), mtlsv1alpha1.ConditionReady, mtlsv1alpha1.ReasonCANotReady, "CA Secret agentmesh-system/bad-ca")
+	cluster.WaitCondition(t, cl, id, 20*time.Second, cluster.Condition{
+		Type: mtlsv1alpha1.ConditionReady, Reason: mtlsv1alpha1.ReasonCANotReady, Message: "CA Secret agentmesh-system/bad-ca"})
 
 	// Fix the Secret: the operator picks it up without a restart.
 	a, err := ca.Generate(ca.GenerateOptions{TrustDomain: td, Now: clk.Now()})
@@ -125,54 +95,19 @@ func TestBadCA(t *testing.T) {
 	if err := cl.Update(ctx, bad); err != nil {
 		t.Fatal(err)
 	}
-	waitMessageIn(t, cl, client.ObjectKeyFromObject(id), mtlsv1alpha1.ConditionReady, mtlsv1alpha1.ReasonIssued, "is valid until")
-	eventually(t, 10*time.Second, "ready again", func() error {
+	cluster.WaitCondition(t, cl, id, 20*time.Second, cluster.Condition{
+		Type: mtlsv1alpha1.ConditionReady, Reason: mtlsv1alpha1.ReasonIssued, Message: "is valid until"})
+	cluster.Eventually(t, 10*time.Second, "ready again", func() error {
 		if code, body := readyz(); code != http.StatusOK {
 			return fmt.Errorf("readyz %d %q", code, body)
 		}
 		return nil
 	})
 	select {
-	case err := <-done:
-		t.Fatalf("the operator exited: %v", err)
+	case <-op.Done():
+		t.Fatal("the operator exited")
 	default:
 	}
-}
-
-// waitEventIn waits for an Event about obj in the cluster cl.
-func waitEventIn(t *testing.T, cl client.Client, obj client.Object, kind, reason string) string {
-	t.Helper()
-	var note string
-	eventually(t, 10*time.Second, "event "+reason+" on "+obj.GetName(), func() error {
-		list := &eventsv1.EventList{}
-		if err := cl.List(context.Background(), list, client.InNamespace(obj.GetNamespace())); err != nil {
-			return err
-		}
-		for _, e := range list.Items {
-			if e.Regarding.Name == obj.GetName() && e.Regarding.Kind == kind && e.Reason == reason {
-				note = e.Note
-				return nil
-			}
-		}
-		return fmt.Errorf("no %s event among %d", reason, len(list.Items))
-	})
-	return note
-}
-
-// waitMessageIn waits for an identity's condition in the cluster cl.
-func waitMessageIn(t *testing.T, cl client.Client, nn types.NamespacedName, typ, reason, want string) {
-	t.Helper()
-	eventually(t, 20*time.Second, fmt.Sprintf("%s %s=%s", nn, typ, reason), func() error {
-		id := &mtlsv1alpha1.AgentIdentity{}
-		if err := cl.Get(context.Background(), nn, id); err != nil {
-			return err
-		}
-		c := meta.FindStatusCondition(id.Status.Conditions, typ)
-		if c == nil || c.Reason != reason || !strings.Contains(c.Message, want) {
-			return fmt.Errorf("condition %+v", c)
-		}
-		return nil
-	})
 }
 
 // TestInvalidSpecPassingTheSchema installs the CRDs without their
@@ -180,38 +115,11 @@ func waitMessageIn(t *testing.T, cl client.Client, nn types.NamespacedName, typ,
 // identities reach the operator. They must end Ready=False/InvalidSpec with
 // a message naming the field, without a Secret and without a hot loop.
 func TestInvalidSpecPassingTheSchema(t *testing.T) {
-	c, err := cluster.Start(cluster.Options{TransformCRD: stripValidation})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Stop() }()
-	cl, err := client.New(c.Config, client.Options{Scheme: operator.NewScheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := cluster.ForTest(t, cluster.Options{TransformCRD: stripValidation})
+	cl := c.NewClient(t)
 	ctx := context.Background()
-	for _, ns := range []string{operatorNamespace, "agents"} {
-		if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	op, err := operator.New(c.Config, operator.Config{TrustDomain: td, CASecret: caSecret, Clock: clk}, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- op.Manager.Start(opCtx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("the operator ended with %v", err)
-		}
-	}()
+	cluster.CreateNamespaces(t, cl, operatorNamespace, "agents")
+	cluster.StartOperator(t, c.Config, operator.Config{TrustDomain: td, CASecret: caSecret, Clock: clk}, ctrl.Options{})
 
 	cases := map[string]struct {
 		spec mtlsv1alpha1.AgentIdentitySpec
@@ -231,7 +139,7 @@ func TestInvalidSpecPassingTheSchema(t *testing.T) {
 	}
 	for name, tc := range cases {
 		var got *mtlsv1alpha1.AgentIdentity
-		eventually(t, 15*time.Second, name+" InvalidSpec", func() error {
+		cluster.Eventually(t, 15*time.Second, name+" InvalidSpec", func() error {
 			got = &mtlsv1alpha1.AgentIdentity{}
 			if err := cl.Get(ctx, types.NamespacedName{Namespace: "agents", Name: name}, got); err != nil {
 				return err

@@ -41,7 +41,7 @@ func reconciler() *controller.CertificateReconciler {
 	})
 	holder := &ca.Holder{}
 	if running != nil {
-		holder = running.op.CA
+		holder = running.CA
 	}
 	return &controller.CertificateReconciler{
 		Client:    k8s,

@@ -26,6 +26,7 @@ import (
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/controller"
 	"github.com/agentmesh/agentmesh/internal/identity"
+	"github.com/agentmesh/agentmesh/test/cluster"
 )
 
 // kubelet plays the node agent: it owns a Node object and asks the signer
@@ -84,7 +85,7 @@ func (k *kubelet) request(p *corev1.Pod, key crypto.Signer, mutate ...func(*cert
 		m(&pcr.Spec)
 	}
 	create(k.t, pcr)
-	eventually(k.t, 10*time.Second, "a decision on "+pcr.Name, func() error {
+	cluster.Eventually(k.t, 10*time.Second, "a decision on "+pcr.Name, func() error {
 		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pcr), pcr); err != nil {
 			return err
 		}
@@ -119,7 +120,7 @@ func serviceAccount(t *testing.T, ns, name string) {
 }
 
 func TestPodCertificatesAreIssuedPerPod(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	serviceAccount(t, ns, "edge")
 	id := podCertIdentity(ns, "edge", 2*time.Hour)
 	create(t, id)
@@ -146,7 +147,7 @@ func TestPodCertificatesAreIssuedPerPod(t *testing.T) {
 		if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want || leaf.IsCA || leaf.KeyUsage != x509.KeyUsageDigitalSignature {
 			t.Errorf("%s: URIs %v isCA %v usage %v", p.Name, leaf.URIs, leaf.IsCA, leaf.KeyUsage)
 		}
-		st, _ := running.op.CA.Get()
+		st, _ := running.CA.Get()
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: st.Pool(), CurrentTime: clk.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			t.Errorf("%s: does not verify to the CA: %v", p.Name, err)
 		}
@@ -188,7 +189,7 @@ func TestPodCertificatesAreIssuedPerPod(t *testing.T) {
 
 	// The identity says how many Pods hold a certificate, and no Secret
 	// holds their keys.
-	eventually(t, 10*time.Second, "the identity counts its Pod certificates", func() error {
+	cluster.Eventually(t, 10*time.Second, "the identity counts its Pod certificates", func() error {
 		got := &mtlsv1alpha1.AgentIdentity{}
 		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(id), got); err != nil {
 			return err
@@ -214,7 +215,7 @@ func TestPodCertificatesAreIssuedPerPod(t *testing.T) {
 }
 
 func TestPodCertificateDenials(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	for _, sa := range []string{"edge", "other"} {
 		serviceAccount(t, ns, sa)
 	}
@@ -263,7 +264,7 @@ func TestPodCertificateDenials(t *testing.T) {
 			if c == nil || c.Reason != tc.reason || !strings.Contains(c.Message, tc.msg) || pcr.Status.CertificateChain != "" {
 				t.Fatalf("conditions %+v, want Denied/%s containing %q", pcr.Status.Conditions, tc.reason, tc.msg)
 			}
-			waitEvent(t, p, "Pod", tc.reason)
+			cluster.WaitEvent(t, k8s, p, "Pod", tc.reason, 10*time.Second)
 		})
 	}
 	t.Run("a key without proof of possession", func(t *testing.T) {
@@ -284,7 +285,7 @@ func TestPodCertificateDenials(t *testing.T) {
 }
 
 func TestClusterTrustBundlePublished(t *testing.T) {
-	st, err := running.op.CA.Get()
+	st, err := running.CA.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +293,7 @@ func TestClusterTrustBundlePublished(t *testing.T) {
 	if name != "agentmesh.dev:agent-identity:cluster.local" {
 		t.Errorf("name %s", name)
 	}
-	eventually(t, 10*time.Second, "the ClusterTrustBundle holds the CA", func() error {
+	cluster.Eventually(t, 10*time.Second, "the ClusterTrustBundle holds the CA", func() error {
 		ctb := &certv1.ClusterTrustBundle{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Name: name}, ctb); err != nil {
 			return err

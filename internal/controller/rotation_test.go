@@ -14,11 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
@@ -37,42 +34,15 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 		n    = 1000
 		rate = 100.0
 	)
-	c, err := cluster.Start(cluster.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Stop() }()
-	cl, err := client.NewWithWatch(c.Config, client.Options{Scheme: operator.NewScheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := cluster.ForTest(t, cluster.Options{})
+	cl := c.NewClient(t)
 	ctx := context.Background()
-	for _, ns := range []string{operatorNamespace, "fleet"} {
-		if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	op, err := operator.New(c.Config, operator.Config{
+	cluster.CreateNamespaces(t, cl, operatorNamespace, "fleet")
+	op := cluster.StartOperator(t, c.Config, operator.Config{
 		TrustDomain: td, CASecret: caSecret, Clock: clock.RealClock{}, MaxConcurrentReconciles: 8,
 		Rotation:    ca.RotationPolicy{Grace: time.Second, Lifetime: 365 * 24 * time.Hour},
 		ReissueRate: rate,
-	}, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- op.Manager.Start(opCtx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("the operator ended with %v", err)
-		}
-	}()
+	}, ctrl.Options{})
 
 	for i := range n {
 		if err := cl.Create(ctx, newIdentity("fleet", fmt.Sprintf("agent-%04d", i))); err != nil {
@@ -87,7 +57,7 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 		}
 		return s
 	}
-	eventually(t, 120*time.Second, "1,000 identities on the first CA", func() error {
+	cluster.Eventually(t, 120*time.Second, "1,000 identities on the first CA", func() error {
 		// Two bundles per identity (Secret and trust ConfigMap) and the
 		// ClusterTrustBundle.
 		if s := status(); s.Progress.Identities != n || s.Progress.IdentitiesOnActive != n || s.Progress.BundlesCurrent != 2*n+1 {
@@ -140,7 +110,7 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	var phases []ca.Phase
-	eventually(t, 180*time.Second, "the rotation completes", func() error {
+	cluster.Eventually(t, 180*time.Second, "the rotation completes", func() error {
 		s := status()
 		if len(phases) == 0 || phases[len(phases)-1] != s.Phase {
 			phases = append(phases, s.Phase)
@@ -220,10 +190,10 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 		}
 	}
 	for _, reason := range []string{"RotationStarted", "BundlesPropagated", "CAActivated", "CARetired"} {
-		waitEventIn(t, cl.(client.Client), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: operatorNamespace, Name: caSecret.Name}}, "Secret", reason)
+		cluster.WaitEvent(t, cl, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: operatorNamespace, Name: caSecret.Name}}, "Secret", reason, 10*time.Second)
 	}
 	ctb := &certv1.ClusterTrustBundle{}
-	eventually(t, 10*time.Second, "the ClusterTrustBundle follows the rotation", func() error {
+	cluster.Eventually(t, 10*time.Second, "the ClusterTrustBundle follows the rotation", func() error {
 		if err := cl.Get(ctx, types.NamespacedName{Name: controller.ClusterTrustBundleName(td)}, ctb); err != nil {
 			return err
 		}

@@ -14,13 +14,14 @@ import (
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/controller"
+	"github.com/agentmesh/agentmesh/test/cluster"
 )
 
 // TestTwoWritersOfTheStatus: the certificate and the trust reconciler each
 // apply their own part of an identity's status under their own field
 // manager, and the events of one (a Pod starting) do not run the other.
 func TestTwoWritersOfTheStatus(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	id := newIdentity(ns, "split")
 	create(t, id)
 	nn := client.ObjectKeyFromObject(id)
@@ -67,7 +68,7 @@ func TestTwoWritersOfTheStatus(t *testing.T) {
 	if err := k8s.Status().Update(context.Background(), pod); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "status.pods counts the running Pod", func() error {
+	cluster.Eventually(t, 10*time.Second, "status.pods counts the running Pod", func() error {
 		if err := k8s.Get(context.Background(), nn, got); err != nil {
 			return err
 		}

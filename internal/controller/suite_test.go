@@ -12,16 +12,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/logging"
@@ -41,15 +36,9 @@ var (
 	// logs holds everything the operator logged, at the highest verbosity.
 	logs = &syncBuffer{}
 
-	// running is the operator under test; restartOperator replaces it.
-	running *runningOperator
+	// running is the operator under test.
+	running *cluster.InProcess
 )
-
-type runningOperator struct {
-	op     *operator.Operator
-	cancel context.CancelFunc
-	done   chan error
-}
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -108,35 +97,20 @@ func runSuite(m *testing.M) int {
 // startOperator runs the operator, exactly as cmd/manager wires it, with the
 // fake clock, and waits until it has loaded the CA.
 func startOperator() error {
-	op, err := operator.New(env.Config, operator.Config{
+	op, err := cluster.RunOperator(env.Config, operator.Config{
 		TrustDomain:             td,
 		CASecret:                caSecret,
 		MaxConcurrentReconciles: 4,
 		Clock:                   clk,
-	}, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		// The tests restart the operator in one process.
-		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	}, ctrl.Options{})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningOperator{op: op, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- op.Manager.Start(ctx) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := op.CA.Get(); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			return fmt.Errorf("the operator did not load the CA within 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := op.AwaitCA(30 * time.Second); err != nil {
+		_ = op.Stop()
+		return err
 	}
-	running = r
+	running = op
 	return nil
 }
 
@@ -144,8 +118,7 @@ func stopOperator() {
 	if running == nil {
 		return
 	}
-	running.cancel()
-	if err := <-running.done; err != nil {
+	if err := running.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "the operator ended with:", err)
 	}
 	running = nil
@@ -191,15 +164,6 @@ func (c *testClock) Step(d time.Duration) {
 
 // --- helpers shared by the tests ---
 
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "agents-"}}
-	if err := k8s.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	return ns.Name
-}
-
 func newIdentity(ns, name string, mutate ...func(*mtlsv1alpha1.AgentIdentity)) *mtlsv1alpha1.AgentIdentity {
 	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
 	for _, m := range mutate {
@@ -215,22 +179,6 @@ func create(t *testing.T, obj client.Object) {
 	}
 }
 
-// eventually polls f every 25ms until it returns nil or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-}
-
 // waitCondition waits for an identity's condition to have the given status
 // and reason, and returns the identity.
 func waitCondition(t *testing.T, nn types.NamespacedName, typ string, status metav1.ConditionStatus, reason string) *mtlsv1alpha1.AgentIdentity {
@@ -240,17 +188,8 @@ func waitCondition(t *testing.T, nn types.NamespacedName, typ string, status met
 
 func waitConditionWithin(t *testing.T, timeout time.Duration, nn types.NamespacedName, typ string, status metav1.ConditionStatus, reason string) *mtlsv1alpha1.AgentIdentity {
 	t.Helper()
-	id := &mtlsv1alpha1.AgentIdentity{}
-	eventually(t, timeout, fmt.Sprintf("%s %s=%s/%s", nn, typ, status, reason), func() error {
-		if err := k8s.Get(context.Background(), nn, id); err != nil {
-			return err
-		}
-		c := meta.FindStatusCondition(id.Status.Conditions, typ)
-		if c == nil || c.Status != status || c.Reason != reason {
-			return fmt.Errorf("condition is %+v", c)
-		}
-		return nil
-	})
+	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: nn.Namespace, Name: nn.Name}}
+	cluster.WaitCondition(t, k8s, id, timeout, cluster.Condition{Type: typ, Status: status, Reason: reason})
 	return id
 }
 
@@ -271,33 +210,11 @@ func getSecret(t *testing.T, ns, name string) *corev1.Secret {
 // assertNoEvent fails when obj has an Event of that reason.
 func assertNoEvent(t *testing.T, obj client.Object, kind, reason string) {
 	t.Helper()
-	list := &eventsv1.EventList{}
-	if err := k8s.List(context.Background(), list, client.InNamespace(obj.GetNamespace())); err != nil {
+	note, found, err := cluster.FindEvent(k8s, obj, kind, reason)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range list.Items {
-		if e.Regarding.Name == obj.GetName() && e.Regarding.Kind == kind && e.Reason == reason {
-			t.Errorf("unexpected %s event on %s: %q", reason, obj.GetName(), e.Note)
-		}
+	if found {
+		t.Errorf("unexpected %s event on %s: %q", reason, obj.GetName(), note)
 	}
-}
-
-// waitEvent waits for an Event with the reason about obj and returns its note.
-func waitEvent(t *testing.T, obj client.Object, kind, reason string) string {
-	t.Helper()
-	var note string
-	eventually(t, 10*time.Second, "event "+reason+" on "+obj.GetName(), func() error {
-		list := &eventsv1.EventList{}
-		if err := k8s.List(context.Background(), list, client.InNamespace(obj.GetNamespace())); err != nil {
-			return err
-		}
-		for _, e := range list.Items {
-			if e.Regarding.Name == obj.GetName() && e.Regarding.Kind == kind && e.Reason == reason {
-				note = e.Note
-				return nil
-			}
-		}
-		return fmt.Errorf("no %s event among %d", reason, len(list.Items))
-	})
-	return note
 }

@@ -14,12 +14,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/agentmesh/agentmesh/internal/logging"
 	"github.com/agentmesh/agentmesh/internal/operator"
@@ -35,15 +32,9 @@ var (
 	warnings    = &warningCollector{}
 	warned      client.Client
 	webhookPort int
-	running     *runningOperator
+	running     *cluster.InProcess
 	td          = spiffeid.RequireTrustDomainFromString("cluster.local")
 )
-
-type runningOperator struct {
-	op     *operator.Operator
-	cancel context.CancelFunc
-	done   chan error
-}
 
 // warningCollector records the admission warnings the API server relays.
 type warningCollector struct {
@@ -120,7 +111,7 @@ func zapLevel() int8 {
 // startOperator runs the operator with its webhooks on 127.0.0.1 and waits
 // until the webhook configurations trust it.
 func startOperator(webhookCASecret string, policy webhookcert.Policy, interval time.Duration) error {
-	op, err := operator.New(env.Config, operator.Config{
+	op, err := cluster.RunOperator(env.Config, operator.Config{
 		TrustDomain: td,
 		CASecret:    types.NamespacedName{Namespace: operatorNamespace, Name: "agentmesh-ca"},
 		Webhook: operator.WebhookConfig{
@@ -132,26 +123,15 @@ func startOperator(webhookCASecret string, policy webhookcert.Policy, interval t
 			CertPolicy:   policy,
 			CertInterval: interval,
 		},
-	}, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	}, ctrl.Options{})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningOperator{op: op, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- op.Manager.Start(ctx) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for op.Certs.Ready(nil) != nil {
-		if time.Now().After(deadline) {
-			cancel()
-			return fmt.Errorf("the webhook certificate was not ready within 30s: %w", op.Certs.Ready(nil))
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := op.AwaitWebhookCertificate(30 * time.Second); err != nil {
+		_ = op.Stop()
+		return err
 	}
-	running = r
+	running = op
 	return nil
 }
 
@@ -159,33 +139,8 @@ func stopOperator() {
 	if running == nil {
 		return
 	}
-	running.cancel()
-	if err := <-running.done; err != nil {
+	if err := running.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "the operator ended with:", err)
 	}
 	running = nil
-}
-
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "agents-"}}
-	if err := k8s.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	return ns.Name
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 }

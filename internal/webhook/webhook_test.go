@@ -22,6 +22,7 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/webhookcert"
+	"github.com/agentmesh/agentmesh/test/cluster"
 )
 
 func labelledPod(ns, name, identity, sa string) *corev1.Pod {
@@ -49,13 +50,13 @@ func createIdentity(t *testing.T, ns, name string, mutate ...func(*mtlsv1alpha1.
 		t.Fatal(err)
 	}
 	// The webhook reads identities from the operator's cache.
-	eventually(t, 10*time.Second, "the operator's cache sees "+name, func() error {
-		return running.op.Manager.GetClient().Get(context.Background(), client.ObjectKeyFromObject(id), &mtlsv1alpha1.AgentIdentity{})
+	cluster.Eventually(t, 10*time.Second, "the operator's cache sees "+name, func() error {
+		return running.Manager.GetClient().Get(context.Background(), client.ObjectKeyFromObject(id), &mtlsv1alpha1.AgentIdentity{})
 	})
 }
 
 func TestLabelledPodIsInjected(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	createIdentity(t, ns, "worker", func(a *mtlsv1alpha1.AgentIdentity) {
 		a.Spec.ServiceAccountName = "worker-sa"
 		a.Spec.SecretName = "worker-cert"
@@ -122,7 +123,7 @@ func TestLabelledPodIsInjected(t *testing.T) {
 	if err := k8s.Status().Update(context.Background(), got); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "status.pods", func() error {
+	cluster.Eventually(t, 10*time.Second, "status.pods", func() error {
 		id := &mtlsv1alpha1.AgentIdentity{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "worker"}, id); err != nil {
 			return err
@@ -143,7 +144,7 @@ func paths(items []corev1.KeyToPath) []string {
 }
 
 func TestPodsTheInjectorLeavesAlone(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	createIdentity(t, ns, "worker")
 	createIdentity(t, operatorNamespace, "worker")
 	for name, pod := range map[string]*corev1.Pod{
@@ -164,7 +165,7 @@ func TestPodsTheInjectorLeavesAlone(t *testing.T) {
 }
 
 func TestWrongServiceAccountIsDenied(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	createIdentity(t, ns, "worker", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.ServiceAccountName = "worker" })
 	err := k8s.Create(context.Background(), labelledPod(ns, "impostor", "worker", "planner"))
 	if err == nil || !apierrors.IsForbidden(err) ||
@@ -181,7 +182,7 @@ func TestWrongServiceAccountIsDenied(t *testing.T) {
 }
 
 func TestMissingIdentityIsInjectedWithAWarning(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	warnings.take()
 	pod := labelledPod(ns, "early", "later", "")
 	if err := warned.Create(context.Background(), pod); err != nil {
@@ -216,7 +217,7 @@ func TestMissingIdentityIsInjectedWithAWarning(t *testing.T) {
 
 func waitPodEvent(t *testing.T, pod *corev1.Pod, reason, want string) {
 	t.Helper()
-	eventually(t, 10*time.Second, reason+" event on "+pod.Name, func() error {
+	cluster.Eventually(t, 10*time.Second, reason+" event on "+pod.Name, func() error {
 		list := &eventsv1.EventList{}
 		if err := k8s.List(context.Background(), list, client.InNamespace(pod.Namespace)); err != nil {
 			return err
@@ -231,7 +232,7 @@ func waitPodEvent(t *testing.T, pod *corev1.Pod, reason, want string) {
 }
 
 func TestInvalidPolicyIsRejectedAtAdmission(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	p := &mtlsv1alpha1.AgentTrustPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bad"},
 		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
@@ -255,7 +256,7 @@ func TestInvalidPolicyIsRejectedAtAdmission(t *testing.T) {
 // failurePolicy Fail, a Pod that asks for an identity is refused and every
 // other Pod is created.
 func TestWebhookDownBlocksOnlyLabelledPods(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	stopOperator()
 	defer func() {
 		if err := startOperator("agentmesh-webhook-ca", webhookcert.Policy{}, 0); err != nil {
@@ -291,7 +292,7 @@ func TestServingCertificateRotation(t *testing.T) {
 	if err := startOperator("rotation-webhook-ca", policy, 250*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "agents-")
 	createIdentity(t, ns, "worker")
 
 	serials := map[string]bool{}
@@ -345,7 +346,7 @@ func servedCertificate(t *testing.T) *x509.Certificate {
 func caBundle(t *testing.T) []*x509.Certificate {
 	t.Helper()
 	var bundle []byte
-	eventually(t, 2*time.Second, "the validating and mutating configurations hold the same caBundle", func() error {
+	cluster.Eventually(t, 2*time.Second, "the validating and mutating configurations hold the same caBundle", func() error {
 		m := &admissionregistrationv1.MutatingWebhookConfiguration{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Name: "agentmesh"}, m); err != nil {
 			return err

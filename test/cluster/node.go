@@ -630,31 +630,6 @@ func killUnder(dir string) {
 	}
 }
 
-// ErrStop wraps an error that ends a Poll at once.
-type ErrStop struct{ error }
-
-// Poll calls f every 200 ms until it returns nil, returns an ErrStop, or
-// timeout passes; the error names what was awaited.
-func Poll(ctx context.Context, timeout time.Duration, what string, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		var stop ErrStop
-		if errors.As(err, &stop) {
-			return fmt.Errorf("cluster: %s: %w", what, stop.error)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster: %s: not within %s: %w", what, timeout, err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
 // ProjectedVolumeDir is where the kubelet of the Pod's node wrote a Pod's
 // projected volume: <root-dir>/pods/<uid>/volumes/kubernetes.io~projected/
 // <volume>, a directory of symlinks into the ..data directory it swaps on

@@ -130,7 +130,7 @@ func TestEndToEnd(t *testing.T) {
 	var start time.Time
 
 	t.Run("planner reaches worker, outsider is refused", func(t *testing.T) {
-		eventually(t, 90*time.Second, "the planner's first successful calls", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 90*time.Second, "the planner's first successful calls", func() error {
 			ok := 0
 			for _, r := range results(t, "planner") {
 				if r.OK && r.Reply.Server == id("worker") && r.Reply.Client == id("planner") {
@@ -155,7 +155,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		t.Logf("planner: %d calls before the worker served; counting failures from %s", early, start.Format(time.StampMilli))
-		eventually(t, 20*time.Second, "the outsider is refused", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 20*time.Second, "the outsider is refused", func() error {
 			rs := results(t, "outsider")
 			if len(rs) < 5 {
 				return fmt.Errorf("%d calls", len(rs))
@@ -194,7 +194,7 @@ func TestEndToEnd(t *testing.T) {
 		if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: "planner-tls"}, sec); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 2*kubeletSync, "the projected tls.crt matches the Secret", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 2*kubeletSync, "the projected tls.crt matches the Secret", func() error {
 			b, err := os.ReadFile(filepath.Join(dir, "tls.crt"))
 			if err != nil {
 				return err
@@ -225,7 +225,7 @@ func TestEndToEnd(t *testing.T) {
 		changed := time.Now()
 		var admitted time.Time
 		// The kubelet brings the new policy.json within a sync period.
-		eventually(t, 3*kubeletSync, "the outsider gets through", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 3*kubeletSync, "the outsider gets through", func() error {
 			for _, r := range results(t, "outsider") {
 				if r.OK && r.Time.After(changed) {
 					admitted = r.Time
@@ -256,7 +256,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 			return server, client
 		}
-		eventually(t, 150*time.Second, "two rotations of each side", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 150*time.Second, "two rotations of each side", func() error {
 			s, c := serials()
 			if len(s) < 3 || len(c) < 3 {
 				return fmt.Errorf("worker serials seen %d, planner serials seen %d", len(s), len(c))
@@ -353,7 +353,7 @@ func TestEndToEnd(t *testing.T) {
 		if st.Reason != "" || len(st.Retired) != 0 {
 			t.Errorf("after the emergency rotation: %+v", st)
 		}
-		eventually(t, 3*kubeletSync, "the worker refuses a leaf of the compromised CA", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 3*kubeletSync, "the worker refuses a leaf of the compromised CA", func() error {
 			if err := handshake(port, oldCert); err == nil {
 				return fmt.Errorf("the worker still accepts a leaf of the compromised CA")
 			}
@@ -396,7 +396,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		var pods []corev1.Pod
-		eventually(t, 60*time.Second, "two edge-client Pods", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 60*time.Second, "two edge-client Pods", func() error {
 			if pods = podsOf(t, "edge-client"); len(pods) != 2 {
 				return fmt.Errorf("%d Pods", len(pods))
 			}
@@ -414,7 +414,7 @@ func TestEndToEnd(t *testing.T) {
 		serials := map[string]string{}
 		keys := map[string][]byte{}
 		for _, p := range pods {
-			eventually(t, 90*time.Second, p.Name+" reaches edge-server", func() error {
+			cluster.EventuallyEvery(t, e2ePoll, 90*time.Second, p.Name+" reaches edge-server", func() error {
 				for _, r := range parseResults(logOf(t, &p)) {
 					if r.OK && r.Reply.Server == id("edge-server") && r.Reply.Client == id("edge-client") {
 						serials[p.Name] = r.Reply.ClientSerial
@@ -455,7 +455,7 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("Secret %s exists in PodCertificate mode", name)
 			}
 		}
-		eventually(t, 20*time.Second, "edge-client counts its Pod certificates", func() error {
+		cluster.EventuallyEvery(t, e2ePoll, 20*time.Second, "edge-client counts its Pod certificates", func() error {
 			i := &mtlsv1alpha1.AgentIdentity{}
 			if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: "edge-client"}, i); err != nil {
 				return err
@@ -545,7 +545,7 @@ func caStatus(t *testing.T) controller.RotationStatus {
 
 func annotateCA(t *testing.T, value string) {
 	t.Helper()
-	eventually(t, 10*time.Second, "annotate the CA Secret", func() error {
+	cluster.EventuallyEvery(t, e2ePoll, 10*time.Second, "annotate the CA Secret", func() error {
 		s := &corev1.Secret{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: operatorNamespace, Name: "agentmesh-ca"}, s); err != nil {
 			return err
@@ -560,7 +560,7 @@ func annotateCA(t *testing.T, value string) {
 func waitRotation(t *testing.T, from string) string {
 	t.Helper()
 	var to string
-	eventually(t, 180*time.Second, "the rotation completes", func() error {
+	cluster.EventuallyEvery(t, e2ePoll, 180*time.Second, "the rotation completes", func() error {
 		s := caStatus(t)
 		if s.Phase != ca.PhaseStable || s.Active.Serial == from || s.Progress.IdentitiesOnActive != s.Progress.Identities ||
 			s.Progress.BundlesCurrent != s.Progress.Bundles || len(s.Retired) != 0 {

@@ -41,6 +41,9 @@ const (
 	// caGrace is the operator's --ca-propagation-grace: longer than the
 	// kubelet's slowest refresh.
 	caGrace = 25 * time.Second
+	// e2ePoll is how often the tests look again: each look reads the
+	// agents' logs or the node's files.
+	e2ePoll = 500 * time.Millisecond
 )
 
 var (
@@ -268,19 +271,4 @@ type Result struct {
 		Client       string `json:"client"`
 		ClientSerial string `json:"clientSerial"`
 	} `json:"reply"`
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
 }

@@ -24,7 +24,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -254,9 +253,8 @@ func TestInstall(t *testing.T) {
 		if aid.Status.SPIFFEID != workerID {
 			t.Errorf("status.spiffeID = %q, want %q", aid.Status.SPIFFEID, workerID)
 		}
-		if cond := meta.FindStatusCondition(aid.Status.Conditions, mtlsv1alpha1.ConditionReady); cond == nil ||
-			cond.Status != metav1.ConditionTrue || cond.Reason != mtlsv1alpha1.ReasonIssued {
-			t.Errorf("Ready condition = %+v, want True/Issued", cond)
+		if err := (cluster.Condition{Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: mtlsv1alpha1.ReasonIssued}).Matches(aid); err != nil {
+			t.Error(err)
 		}
 		sec := &corev1.Secret{}
 		if err := k8s.Get(ctx, types.NamespacedName{Namespace: "agents", Name: "worker-tls"}, sec); err != nil {
@@ -272,17 +270,11 @@ func TestInstall(t *testing.T) {
 	})
 
 	t.Run("policy compiled", func(t *testing.T) {
-		atp := &mtlsv1alpha1.AgentTrustPolicy{}
-		key := types.NamespacedName{Namespace: "agents", Name: "worker-ingress"}
-		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-			if err := k8s.Get(ctx, key, atp); err != nil {
-				return false, err
-			}
-			return meta.IsStatusConditionTrue(atp.Status.Conditions, mtlsv1alpha1.ConditionReady), nil
-		})
-		cond := meta.FindStatusCondition(atp.Status.Conditions, mtlsv1alpha1.ConditionReady)
-		if err != nil || cond.Reason != mtlsv1alpha1.ReasonCompiled || atp.Status.SelectedIdentities != 1 {
-			t.Fatalf("policy: %v; Ready %+v, selectedIdentities %d; want True/Compiled, 1", err, cond, atp.Status.SelectedIdentities)
+		atp := &mtlsv1alpha1.AgentTrustPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "agents", Name: "worker-ingress"}}
+		cluster.WaitCondition(t, k8s, atp, 30*time.Second, cluster.Condition{
+			Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: mtlsv1alpha1.ReasonCompiled, Current: true})
+		if atp.Status.SelectedIdentities != 1 {
+			t.Fatalf("policy selects %d identities, want 1", atp.Status.SelectedIdentities)
 		}
 		cm := &corev1.ConfigMap{}
 		if err := k8s.Get(ctx, types.NamespacedName{Namespace: "agents", Name: "worker-trust"}, cm); err != nil {

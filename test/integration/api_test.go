@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,17 +23,6 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/test/cluster"
 )
-
-// newNamespace creates a namespace for one test and deletes it afterwards.
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "api-"}}
-	if err := k8s.Create(context.Background(), ns); err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), ns) })
-	return ns.Name
-}
 
 // fromYAML decodes one object and puts it in namespace ns.
 func fromYAML(t *testing.T, ns, doc string) *unstructured.Unstructured {
@@ -48,7 +36,7 @@ func fromYAML(t *testing.T, ns, doc string) *unstructured.Unstructured {
 }
 
 func TestDefaultsAreApplied(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "api-")
 	ctx := context.Background()
 	id := fromYAML(t, ns, `
 apiVersion: mtls.agentmesh.dev/v1alpha1
@@ -175,7 +163,7 @@ spec:
 `,
 	} {
 		t.Run(name, func(t *testing.T) {
-			ns := newNamespace(t)
+			ns := cluster.NewNamespace(t, k8s, "api-")
 			if err := k8s.Create(context.Background(), fromYAML(t, ns, doc)); err != nil {
 				t.Fatalf("rejected: %v", err)
 			}
@@ -288,7 +276,7 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 		{"trust domain with upper case", policy("  trustBundles:\n  - trustDomain: Partner.Example\n    configMap: {name: b}\n"),
 			[]string{"spec.trustBundles[0].trustDomain", "should match"}},
 	}
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "api-")
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			err := k8s.Create(context.Background(), fromYAML(t, ns, tc.doc))
@@ -308,7 +296,7 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 }
 
 func TestPrinterColumns(t *testing.T) {
-	ns := newNamespace(t)
+	ns := cluster.NewNamespace(t, k8s, "api-")
 	ctx := context.Background()
 	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "cols"}}
 	if err := k8s.Create(ctx, id); err != nil {
