@@ -175,147 +175,219 @@ func NextRotation(st *State, managed bool, p RotationPolicy) (time.Time, bool) {
 // and the cluster, so an operator restarted in any phase continues where it
 // was, neither losing nor repeating a step.
 func PlanRotation(st *State, data map[string][]byte, annotations map[string]string, p Progress, now time.Time, pol RotationPolicy) (Step, error) {
-	rot := st.Rotation
-	trigger := annotations[AnnotationRotate]
-	managed := annotations[AnnotationManaged] == "true"
-	out := Step{Data: maps.Clone(data), Annotations: map[string]string{}}
-	for k, v := range annotations {
-		out.Annotations[k] = v
+	r := &rotationPlan{
+		st: st, trigger: annotations[AnnotationRotate], managed: annotations[AnnotationManaged] == "true",
+		progress: p, now: now, pol: pol, rot: st.Rotation,
+		out: Step{Data: maps.Clone(data), Annotations: maps.Clone(annotations)},
 	}
-	startedBy := func() string {
-		switch {
-		case trigger == RotateCompromised:
-			return RotationCompromised
-		case trigger != "":
-			return RotationManual
-		case st.Next != nil:
-			return RotationMigration
-		}
-		if due, ok := NextRotation(st, managed, pol); ok && !now.Before(due) {
-			return RotationScheduled
-		}
-		return ""
+	if r.out.Annotations == nil {
+		r.out.Annotations = map[string]string{}
 	}
-
-	switch rot.Phase {
+	var (
+		o   outcome
+		err error
+	)
+	switch r.rot.Phase {
 	case PhaseStable:
-		reason := startedBy()
-		if reason == "" {
-			return Step{}, nil
-		}
-		if reason == RotationManual && !managed && st.Next == nil {
-			// Replacing a user's CA (an enterprise intermediate) with a
-			// self-signed one is not what "rotate" should mean.
-			delete(out.Annotations, AnnotationRotate)
-			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationRefused, Message: "the CA was supplied by a user: " +
-				"put the CA to rotate to in next.crt and next.key (and its root in next-ca.crt) instead; " +
-				"rotate-ca=compromised replaces it with a self-signed CA"})
-			out.Changed = true
-			return out, nil
-		}
-		next := st.Next
-		rot = Rotation{Phase: PhasePropagating, Reason: reason, Compromised: reason == RotationCompromised,
-			PreparedAt: ptrTime(now), Previous: st.Active.SerialHex()}
-		if next == nil {
-			a, err := Generate(GenerateOptions{TrustDomain: st.TrustDomain, Lifetime: pol.Lifetime, Now: now, Rand: rand.Reader})
-			if err != nil {
-				return Step{}, err
-			}
-			key, err := EncodePrivateKeyPEM(a.Signer)
-			if err != nil {
-				return Step{}, err
-			}
-			out.Data[NextCertKey], out.Data[NextKeyKey] = EncodeCertificatesPEM(a.Cert), key
-			next = a
-			rot.NextManaged = true
-		}
-		out.Data[SecretTrustKey] = EncodeCertificatesPEM(union(st.Anchors, anchorsOf(out.Data, next))...)
-		delete(out.Annotations, AnnotationRotate)
-		out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationStarted, Message: fmt.Sprintf(
-			"CA rotation started (%s): the next CA %s, valid until %s, is added to every trust bundle; CA %s signs until every bundle holds it",
-			reason, next.SerialHex(), next.Cert.NotAfter.UTC().Format(time.RFC3339), st.Active.SerialHex())})
-
+		o, err = r.start()
 	case PhasePropagating:
-		if trigger == RotateCompromised && !rot.Compromised {
-			rot.Compromised, rot.Reason = true, RotationCompromised
-			delete(out.Annotations, AnnotationRotate)
-			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationEscalated, Message: "the rotation in progress now retires a compromised CA"})
-			break
-		}
-		if st.Next == nil {
-			// The next CA was removed by hand: abandon the rotation.
-			rot = Rotation{Phase: PhaseStable}
-			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationAbandoned, Message: "next.crt was removed: the rotation is abandoned"})
-			break
-		}
-		if p.BundlesCurrent < p.Bundles {
-			return Step{}, nil
-		}
-		if rot.PropagatedAt == nil {
-			rot.PropagatedAt = ptrTime(now)
-			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventBundlesPropagated, Message: fmt.Sprintf(
-				"all %d trust bundles hold the next CA %s; it signs after %s for the kubelet to update mounted files", p.Bundles, st.Next.SerialHex(), pol.Grace)})
-			break
-		}
-		if now.Before(rot.PropagatedAt.Add(pol.Grace)) {
-			return Step{}, nil
-		}
-		nextAnchors := anchorsOf(out.Data, st.Next)
-		out.Data[SecretCertKey], out.Data[SecretKeyKey] = out.Data[NextCertKey], out.Data[NextKeyKey]
-		out.Data[SecretTrustKey] = EncodeCertificatesPEM(union(st.Anchors, nextAnchors)...)
-		delete(out.Data, NextCertKey)
-		delete(out.Data, NextKeyKey)
-		delete(out.Data, NextTrustKey)
-		if rot.NextManaged {
-			out.Annotations[AnnotationManaged] = "true"
-		} else {
-			delete(out.Annotations, AnnotationManaged)
-		}
-		rot.Phase, rot.ActivatedAt = PhaseReissuing, ptrTime(now)
-		out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventCAActivated, Message: fmt.Sprintf(
-			"CA %s now signs; the %d identities on CA %s are reissued, which stays trusted until none is left", st.Next.SerialHex(), p.Identities, st.Active.SerialHex())})
-
+		o = r.propagate()
 	case PhaseReissuing:
-		if trigger == RotateCompromised && !rot.Compromised {
-			rot.Compromised, rot.Reason = true, RotationCompromised
-			delete(out.Annotations, AnnotationRotate)
-			out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventRotationEscalated, Message: "the rotation in progress now retires a compromised CA: reissuing is no longer rate-limited"})
-			break
-		}
-		expired := !p.OthersExpireAt.IsZero() && !now.Before(p.OthersExpireAt)
-		if !expired && p.IdentitiesOnActive < p.Identities {
-			return Step{}, nil
-		}
-		if !expired && !rot.Compromised {
-			if rot.ReissuedAt == nil {
-				rot.ReissuedAt = ptrTime(now)
-				out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventIdentitiesReissued, Message: fmt.Sprintf(
-					"every identity is on CA %s; the %s leaves the trust bundles after %s, for the kubelet to deliver the new certificates",
-					st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor"), pol.Grace)})
-				break
-			}
-			if now.Before(rot.ReissuedAt.Add(pol.Grace)) {
-				return Step{}, nil
-			}
-		}
-		keep := slices.DeleteFunc(slices.Clone(st.Anchors), func(c *x509.Certificate) bool { return containsCert(st.Retired, c) })
-		out.Data[SecretTrustKey] = EncodeCertificatesPEM(keep...)
-		out.Events = append(out.Events, Event{Reason: mtlsv1alpha1.EventCARetired, Message: fmt.Sprintf(
-			"CA rotation done: every identity is on CA %s; %s removed from the trust bundles",
-			st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor"))})
-		rot = Rotation{Phase: PhaseStable}
+		o = r.retire()
 	}
-
-	if certs, err := ParseCertificatesPEM(out.Data[SecretCertKey]); err == nil {
-		rot.Active = SerialHex(certs[0].SerialNumber)
+	switch {
+	case err != nil:
+		return Step{}, err
+	case o == wait:
+		return Step{}, nil
+	case o == final:
+		r.out.Changed = true
+		return r.out, nil
 	}
-	raw, err := json.Marshal(rot)
+	if certs, err := ParseCertificatesPEM(r.out.Data[SecretCertKey]); err == nil {
+		r.rot.Active = SerialHex(certs[0].SerialNumber)
+	}
+	raw, err := json.Marshal(r.rot)
 	if err != nil {
 		return Step{}, err
 	}
-	out.Annotations[AnnotationRotation] = string(raw)
-	out.Changed = true
-	return out, nil
+	r.out.Annotations[AnnotationRotation] = string(raw)
+	r.out.Changed = true
+	return r.out, nil
+}
+
+// rotationPlan is one PlanRotation: its inputs, the Secret it writes (out)
+// and the rotation record it moves (rot).
+type rotationPlan struct {
+	st       *State
+	trigger  string
+	managed  bool
+	progress Progress
+	now      time.Time
+	pol      RotationPolicy
+	out      Step
+	rot      Rotation
+}
+
+// outcome is what a phase's step decided.
+type outcome int
+
+const (
+	// advance writes the Secret with the moved rotation record.
+	advance outcome = iota
+	// wait writes nothing: the phase's condition does not hold yet.
+	wait
+	// final writes the Secret as the step left it, the record unchanged.
+	final
+)
+
+func (r *rotationPlan) event(reason, message string) {
+	r.out.Events = append(r.out.Events, Event{Reason: reason, Message: message})
+}
+
+// startedBy is why a Stable CA starts rotating, or "".
+func (r *rotationPlan) startedBy() string {
+	switch {
+	case r.trigger == RotateCompromised:
+		return RotationCompromised
+	case r.trigger != "":
+		return RotationManual
+	case r.st.Next != nil:
+		return RotationMigration
+	}
+	if due, ok := NextRotation(r.st, r.managed, r.pol); ok && !r.now.Before(due) {
+		return RotationScheduled
+	}
+	return ""
+}
+
+// start leaves Stable: it publishes the next CA (the user's, or one it
+// generates) beside the active one in every trust bundle.
+func (r *rotationPlan) start() (outcome, error) {
+	st := r.st
+	reason := r.startedBy()
+	if reason == "" {
+		return wait, nil
+	}
+	if reason == RotationManual && !r.managed && st.Next == nil {
+		// Replacing a user's CA (an enterprise intermediate) with a
+		// self-signed one is not what "rotate" should mean.
+		delete(r.out.Annotations, AnnotationRotate)
+		r.event(mtlsv1alpha1.EventRotationRefused, "the CA was supplied by a user: "+
+			"put the CA to rotate to in next.crt and next.key (and its root in next-ca.crt) instead; "+
+			"rotate-ca=compromised replaces it with a self-signed CA")
+		return final, nil
+	}
+	next := st.Next
+	r.rot = Rotation{Phase: PhasePropagating, Reason: reason, Compromised: reason == RotationCompromised,
+		PreparedAt: ptrTime(r.now), Previous: st.Active.SerialHex()}
+	if next == nil {
+		a, err := Generate(GenerateOptions{TrustDomain: st.TrustDomain, Lifetime: r.pol.Lifetime, Now: r.now, Rand: rand.Reader})
+		if err != nil {
+			return wait, err
+		}
+		key, err := EncodePrivateKeyPEM(a.Signer)
+		if err != nil {
+			return wait, err
+		}
+		r.out.Data[NextCertKey], r.out.Data[NextKeyKey] = EncodeCertificatesPEM(a.Cert), key
+		next = a
+		r.rot.NextManaged = true
+	}
+	r.out.Data[SecretTrustKey] = EncodeCertificatesPEM(union(st.Anchors, anchorsOf(r.out.Data, next))...)
+	delete(r.out.Annotations, AnnotationRotate)
+	r.event(mtlsv1alpha1.EventRotationStarted, fmt.Sprintf(
+		"CA rotation started (%s): the next CA %s, valid until %s, is added to every trust bundle; CA %s signs until every bundle holds it",
+		reason, next.SerialHex(), next.Cert.NotAfter.UTC().Format(time.RFC3339), st.Active.SerialHex()))
+	return advance, nil
+}
+
+// escalate turns the rotation in progress into the retirement of a
+// compromised CA when rotate-ca=compromised arrives during it.
+func (r *rotationPlan) escalate(message string) bool {
+	if r.trigger != RotateCompromised || r.rot.Compromised {
+		return false
+	}
+	r.rot.Compromised, r.rot.Reason = true, RotationCompromised
+	delete(r.out.Annotations, AnnotationRotate)
+	r.event(mtlsv1alpha1.EventRotationEscalated, message)
+	return true
+}
+
+// propagate waits for every bundle to hold the next CA and then for the
+// grace, and makes the next CA the signer.
+func (r *rotationPlan) propagate() outcome {
+	st, p := r.st, r.progress
+	if r.escalate("the rotation in progress now retires a compromised CA") {
+		return advance
+	}
+	if st.Next == nil {
+		// The next CA was removed by hand: abandon the rotation.
+		r.rot = Rotation{Phase: PhaseStable}
+		r.event(mtlsv1alpha1.EventRotationAbandoned, "next.crt was removed: the rotation is abandoned")
+		return advance
+	}
+	if p.BundlesCurrent < p.Bundles {
+		return wait
+	}
+	if r.rot.PropagatedAt == nil {
+		r.rot.PropagatedAt = ptrTime(r.now)
+		r.event(mtlsv1alpha1.EventBundlesPropagated, fmt.Sprintf(
+			"all %d trust bundles hold the next CA %s; it signs after %s for the kubelet to update mounted files", p.Bundles, st.Next.SerialHex(), r.pol.Grace))
+		return advance
+	}
+	if r.now.Before(r.rot.PropagatedAt.Add(r.pol.Grace)) {
+		return wait
+	}
+	data := r.out.Data
+	nextAnchors := anchorsOf(data, st.Next)
+	data[SecretCertKey], data[SecretKeyKey] = data[NextCertKey], data[NextKeyKey]
+	data[SecretTrustKey] = EncodeCertificatesPEM(union(st.Anchors, nextAnchors)...)
+	delete(data, NextCertKey)
+	delete(data, NextKeyKey)
+	delete(data, NextTrustKey)
+	if r.rot.NextManaged {
+		r.out.Annotations[AnnotationManaged] = "true"
+	} else {
+		delete(r.out.Annotations, AnnotationManaged)
+	}
+	r.rot.Phase, r.rot.ActivatedAt = PhaseReissuing, ptrTime(r.now)
+	r.event(mtlsv1alpha1.EventCAActivated, fmt.Sprintf(
+		"CA %s now signs; the %d identities on CA %s are reissued, which stays trusted until none is left", st.Next.SerialHex(), p.Identities, st.Active.SerialHex()))
+	return advance
+}
+
+// retire waits for every identity to be on the active CA (then the grace),
+// or for every other leaf to expire, and drops the retired anchors. A
+// compromised CA skips the grace.
+func (r *rotationPlan) retire() outcome {
+	st, p := r.st, r.progress
+	if r.escalate("the rotation in progress now retires a compromised CA: reissuing is no longer rate-limited") {
+		return advance
+	}
+	expired := !p.OthersExpireAt.IsZero() && !r.now.Before(p.OthersExpireAt)
+	if !expired && p.IdentitiesOnActive < p.Identities {
+		return wait
+	}
+	if !expired && !r.rot.Compromised {
+		if r.rot.ReissuedAt == nil {
+			r.rot.ReissuedAt = ptrTime(r.now)
+			r.event(mtlsv1alpha1.EventIdentitiesReissued, fmt.Sprintf(
+				"every identity is on CA %s; the %s leaves the trust bundles after %s, for the kubelet to deliver the new certificates",
+				st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor"), r.pol.Grace))
+			return advance
+		}
+		if r.now.Before(r.rot.ReissuedAt.Add(r.pol.Grace)) {
+			return wait
+		}
+	}
+	keep := slices.DeleteFunc(slices.Clone(st.Anchors), func(c *x509.Certificate) bool { return containsCert(st.Retired, c) })
+	r.out.Data[SecretTrustKey] = EncodeCertificatesPEM(keep...)
+	r.event(mtlsv1alpha1.EventCARetired, fmt.Sprintf(
+		"CA rotation done: every identity is on CA %s; %s removed from the trust bundles",
+		st.Active.SerialHex(), plural(retiredSerials(st), "retired anchor")))
+	r.rot = Rotation{Phase: PhaseStable}
+	return advance
 }
 
 // retiredSerials are the serials of the anchors a rotation retires.

@@ -157,45 +157,24 @@ type trustResult struct {
 // into its effective policy, assembles its trust bundle, and writes both
 // into the identity's trust ConfigMap when they changed.
 func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trustResult, error) {
-	name := s.id.TrustConfigMapName()
-	existing := &corev1.ConfigMap{}
-	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: name}, existing); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return trustResult{}, fmt.Errorf("reading ConfigMap %s: %w", name, err)
-		}
-		existing = nil
-	} else if !ownedConfigMap(existing, s.id) {
-		existing = nil
+	existing, previous, err := r.currentTrust(ctx, s)
+	if err != nil {
+		return trustResult{}, err
 	}
-	previous := policy.Output{}
-	if existing != nil {
-		previous = policy.Output{BundlePEM: []byte(existing.Data[policy.BundleKey]), PolicyJSON: []byte(existing.Data[policy.PolicyKey])}
+	compiled, err := r.compiledPolicies(ctx, s.id.Namespace)
+	if err != nil {
+		return trustResult{}, err
 	}
-
-	list := &mtlsv1alpha1.AgentTrustPolicyList{}
-	if err := r.Client.List(ctx, list, client.InNamespace(s.id.Namespace)); err != nil {
-		return trustResult{}, fmt.Errorf("listing AgentTrustPolicies: %w", err)
-	}
-	compiled := make([]*policy.Compiled, 0, len(list.Items))
-	for i := range list.Items {
-		compiled = append(compiled, policy.Compile(&list.Items[i]))
-	}
-
 	// A policy that cannot tell whom it governs (invalid agentSelector) and
 	// governed this identity before freezes its last output: the identity
 	// neither loses nor gains what that policy said.
-	if existing != nil {
-		before := compiledPolicyNames(existing.Annotations[mtlsv1alpha1.AnnotationPolicies])
-		for _, c := range compiled {
-			if c.AgentSelector == nil && slices.Contains(before, c.Name) {
-				s.id.Status.Policies = before
-				if err := r.refreshAnchors(ctx, s, existing, previous); err != nil {
-					return trustResult{}, err
-				}
-				return trustResult{published: true, reason: mtlsv1alpha1.ReasonPolicyInvalid,
-					message: fmt.Sprintf("AgentTrustPolicy %s cannot be compiled (%s); the last trust ConfigMap is kept", c.Name, c.ErrorMessage())}, nil
-			}
+	if c, before := frozenBy(compiled, existing); c != nil {
+		s.id.Status.Policies = before
+		if err := r.refreshAnchors(ctx, s, existing, previous); err != nil {
+			return trustResult{}, err
 		}
+		return trustResult{published: true, reason: mtlsv1alpha1.ReasonPolicyInvalid,
+			message: fmt.Sprintf("AgentTrustPolicy %s cannot be compiled (%s); the last trust ConfigMap is kept", c.Name, c.ErrorMessage())}, nil
 	}
 
 	world := &cacheWorld{ctx: ctx, c: r.Client}
@@ -211,24 +190,13 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 		// exception, widen) the policy: write nothing.
 		return trustResult{}, fmt.Errorf("resolving the policies: %w", world.err)
 	}
-	names := make([]string, 0, len(selecting))
-	keys := make([]string, 0, len(selecting))
-	var problems []string
-	reason := mtlsv1alpha1.ReasonCompiled
-	for _, p := range selecting {
-		names = append(names, p.Name)
-		keys = append(keys, p.Key())
-		if len(p.Errors) > 0 {
-			reason = mtlsv1alpha1.ReasonPolicyInvalid
-			problems = append(problems, fmt.Sprintf("AgentTrustPolicy %s: %s (left out)", p.Name, p.ErrorMessage()))
-		}
-	}
-	s.id.Status.Policies = names
+	sel := summarize(selecting)
+	s.id.Status.Policies = sel.names
 
 	bundles, bundleProblems := r.trustBundles(ctx, s, selecting, previous)
 	if len(bundleProblems) > 0 {
-		reason = mtlsv1alpha1.ReasonBundleInvalid
-		problems = append(problems, bundleProblems...)
+		sel.reason = mtlsv1alpha1.ReasonBundleInvalid
+		sel.problems = append(sel.problems, bundleProblems...)
 	}
 	out, err := policy.Render(eff, bundles)
 	var tooLarge *policy.TooLargeError
@@ -244,19 +212,87 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 	if err != nil {
 		return trustResult{}, err
 	}
-	if err := r.writeTrustConfigMap(ctx, s, existing, out, strings.Join(keys, ",")); err != nil {
+	if err := r.writeTrustConfigMap(ctx, s, existing, out, strings.Join(sel.keys, ",")); err != nil {
 		return trustResult{}, err
 	}
-	res := trustResult{published: true, reason: reason}
-	switch {
-	case len(problems) > 0:
-		res.message = strings.Join(problems, "; ")
-	case len(names) == 0:
-		res.message = fmt.Sprintf("no AgentTrustPolicy selects this identity: the default posture (%s) applies", r.DefaultPosture)
-	default:
-		res.message = fmt.Sprintf("compiled from AgentTrustPolicies %s", strings.Join(names, ", "))
+	return trustResult{published: true, reason: sel.reason, message: sel.message(r.DefaultPosture)}, nil
+}
+
+// currentTrust reads the identity's trust ConfigMap, nil when there is none
+// or it is not the identity's, and what it holds.
+func (r *TrustReconciler) currentTrust(ctx context.Context, s *trustScope) (*corev1.ConfigMap, policy.Output, error) {
+	name := s.id.TrustConfigMapName()
+	existing := &corev1.ConfigMap{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: name}, existing); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return nil, policy.Output{}, fmt.Errorf("reading ConfigMap %s: %w", name, err)
+		}
+		return nil, policy.Output{}, nil
 	}
-	return res, nil
+	if !ownedConfigMap(existing, s.id) {
+		return nil, policy.Output{}, nil
+	}
+	return existing, policy.Output{BundlePEM: []byte(existing.Data[policy.BundleKey]), PolicyJSON: []byte(existing.Data[policy.PolicyKey])}, nil
+}
+
+// compiledPolicies compiles the namespace's AgentTrustPolicies.
+func (r *TrustReconciler) compiledPolicies(ctx context.Context, namespace string) ([]*policy.Compiled, error) {
+	list := &mtlsv1alpha1.AgentTrustPolicyList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(namespace)); err != nil {
+		return nil, fmt.Errorf("listing AgentTrustPolicies: %w", err)
+	}
+	compiled := make([]*policy.Compiled, 0, len(list.Items))
+	for i := range list.Items {
+		compiled = append(compiled, policy.Compile(&list.Items[i]))
+	}
+	return compiled, nil
+}
+
+// frozenBy returns a policy that governed the identity's trust ConfigMap
+// and can no longer say whom it selects, with the policies the ConfigMap
+// was compiled from; nil when there is none.
+func frozenBy(compiled []*policy.Compiled, existing *corev1.ConfigMap) (*policy.Compiled, []string) {
+	if existing == nil {
+		return nil, nil
+	}
+	before := compiledPolicyNames(existing.Annotations[mtlsv1alpha1.AnnotationPolicies])
+	for _, c := range compiled {
+		if c.AgentSelector == nil && slices.Contains(before, c.Name) {
+			return c, before
+		}
+	}
+	return nil, nil
+}
+
+// selection is what the policies selecting an identity say about it, for
+// its status.
+type selection struct {
+	names, keys, problems []string
+	reason                string
+}
+
+func summarize(selecting []*policy.Compiled) selection {
+	sel := selection{names: make([]string, 0, len(selecting)), keys: make([]string, 0, len(selecting)), reason: mtlsv1alpha1.ReasonCompiled}
+	for _, p := range selecting {
+		sel.names = append(sel.names, p.Name)
+		sel.keys = append(sel.keys, p.Key())
+		if len(p.Errors) > 0 {
+			sel.reason = mtlsv1alpha1.ReasonPolicyInvalid
+			sel.problems = append(sel.problems, fmt.Sprintf("AgentTrustPolicy %s: %s (left out)", p.Name, p.ErrorMessage()))
+		}
+	}
+	return sel
+}
+
+func (sel selection) message(posture policy.Posture) string {
+	switch {
+	case len(sel.problems) > 0:
+		return strings.Join(sel.problems, "; ")
+	case len(sel.names) == 0:
+		return fmt.Sprintf("no AgentTrustPolicy selects this identity: the default posture (%s) applies", posture)
+	default:
+		return fmt.Sprintf("compiled from AgentTrustPolicies %s", strings.Join(sel.names, ", "))
+	}
 }
 
 // refreshAnchors keeps a trust ConfigMap whose policy is frozen (kept

@@ -115,6 +115,41 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	if cfg.TrustDomain.IsZero() {
 		return nil, errors.New("operator: no trust domain")
 	}
+	cfg = cfg.withDefaults()
+	opts.Scheme = NewScheme()
+	opts.Cache = cacheOptions()
+	certs := webhookCertificates(cfg, &opts)
+	mgr, err := ctrl.NewManager(restConfig, opts)
+	if err != nil {
+		return nil, fmt.Errorf("creating manager: %w", err)
+	}
+	caches, err := addSideCaches(restConfig, mgr, cfg.CASecret)
+	if err != nil {
+		return nil, err
+	}
+	holder := &ca.Holder{}
+	if err := setupControllers(mgr, cfg, caches, holder); err != nil {
+		return nil, err
+	}
+	if certs != nil {
+		if err := setupWebhooks(restConfig, mgr, cfg, certs); err != nil {
+			return nil, err
+		}
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("ca", func(*http.Request) error {
+		_, err := holder.Get()
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return &Operator{Manager: mgr, CA: holder, Certs: certs}, nil
+}
+
+// withDefaults fills what the flags leave unset.
+func (cfg Config) withDefaults() Config {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
@@ -133,9 +168,16 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	if cfg.ReissueRate <= 0 {
 		cfg.ReissueRate = 20
 	}
-	opts.Scheme = NewScheme()
+	return cfg
+}
+
+// cacheOptions scope the manager's cache to what agentmesh reads: its own
+// Secrets and ConfigMaps (CA and bundle payloads shared between them), the
+// Pods that opt in, slimmed, and the PodCertificateRequests and
+// ClusterTrustBundles of its signer.
+func cacheOptions() cache.Options {
 	shared := newInterner()
-	opts.Cache = cache.Options{
+	return cache.Options{
 		DefaultTransform: stripManagedFields,
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}:    {Label: ManagedSelector(), Transform: shared.secretTransform},
@@ -148,55 +190,63 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 			&certv1.ClusterTrustBundle{}: {Label: ManagedSelector()},
 		},
 	}
-	var certs *webhookcert.Manager
-	if cfg.Webhook.Port > 0 {
-		certs = &webhookcert.Manager{
-			Clock:      cfg.Clock,
-			Secret:     cfg.Webhook.CASecret,
-			Hosts:      cfg.Webhook.Hosts,
-			ConfigName: cfg.Webhook.ConfigName,
-			Policy:     cfg.Webhook.CertPolicy,
-			Interval:   cfg.Webhook.CertInterval,
-		}
-		opts.WebhookServer = ctrlwebhook.NewServer(ctrlwebhook.Options{
-			Host: cfg.Webhook.Host,
-			Port: cfg.Webhook.Port,
-			TLSOpts: []func(*tls.Config){func(c *tls.Config) {
-				c.GetCertificate = certs.GetCertificate
-				c.MinVersion = tls.VersionTLS12
-			}},
-		})
-	}
-	mgr, err := ctrl.NewManager(restConfig, opts)
-	if err != nil {
-		return nil, fmt.Errorf("creating manager: %w", err)
-	}
+}
 
-	// The CA Secret may be a user's, without our label: it gets a cache of
-	// its own that holds that one Secret.
+// webhookCertificates sets up the webhook server, serving the certificate
+// the returned manager keeps; nil when the operator serves no webhooks.
+func webhookCertificates(cfg Config, opts *ctrl.Options) *webhookcert.Manager {
+	if cfg.Webhook.Port <= 0 {
+		return nil
+	}
+	certs := &webhookcert.Manager{
+		Clock:      cfg.Clock,
+		Secret:     cfg.Webhook.CASecret,
+		Hosts:      cfg.Webhook.Hosts,
+		ConfigName: cfg.Webhook.ConfigName,
+		Policy:     cfg.Webhook.CertPolicy,
+		Interval:   cfg.Webhook.CertInterval,
+	}
+	opts.WebhookServer = ctrlwebhook.NewServer(ctrlwebhook.Options{
+		Host: cfg.Webhook.Host,
+		Port: cfg.Webhook.Port,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+			c.GetCertificate = certs.GetCertificate
+			c.MinVersion = tls.VersionTLS12
+		}},
+	})
+	return certs
+}
+
+// sideCaches are the caches beside the manager's.
+type sideCaches struct {
+	// ca holds the one CA Secret, which may be a user's, without our label.
+	ca cache.Cache
+	// bundles holds the federated trust bundles: user ConfigMaps labelled
+	// mtls.agentmesh.dev/trust-bundle=true.
+	bundles cache.Cache
+}
+
+func addSideCaches(restConfig *rest.Config, mgr manager.Manager, caSecret types.NamespacedName) (sideCaches, error) {
 	caCache, err := cache.New(restConfig, cache.Options{
 		Scheme:            mgr.GetScheme(),
 		Mapper:            mgr.GetRESTMapper(),
 		HTTPClient:        mgr.GetHTTPClient(),
-		DefaultNamespaces: map[string]cache.Config{cfg.CASecret.Namespace: {}},
+		DefaultNamespaces: map[string]cache.Config{caSecret.Namespace: {}},
 		DefaultTransform:  cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Field: fields.OneTermEqualSelector("metadata.name", cfg.CASecret.Name)},
+			&corev1.Secret{}: {Field: fields.OneTermEqualSelector("metadata.name", caSecret.Name)},
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("creating the CA cache: %w", err)
+		return sideCaches{}, fmt.Errorf("creating the CA cache: %w", err)
 	}
 	// Every replica runs it, leader or not: the CA controller loads the CA
 	// for the webhooks everywhere. (A cache of one namespace is not the
 	// informer cache, does not say it needs no leader, and would otherwise
 	// run on the leader only: a second replica would never become ready.)
 	if err := mgr.Add(everyReplica{caCache}); err != nil {
-		return nil, err
+		return sideCaches{}, err
 	}
-
-	// Federated trust bundles live in user ConfigMaps; only those labelled
-	// mtls.agentmesh.dev/trust-bundle=true are watched.
 	bundleCache, err := cache.New(restConfig, cache.Options{
 		Scheme:           mgr.GetScheme(),
 		Mapper:           mgr.GetRESTMapper(),
@@ -207,140 +257,128 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("creating the trust bundle cache: %w", err)
+		return sideCaches{}, fmt.Errorf("creating the trust bundle cache: %w", err)
 	}
 	if err := mgr.Add(bundleCache); err != nil {
-		return nil, err
+		return sideCaches{}, err
 	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &mtlsv1alpha1.AgentTrustPolicy{},
 		controller.IndexPolicyBundleConfigMap, controller.PolicyBundleConfigMaps); err != nil {
-		return nil, fmt.Errorf("indexing AgentTrustPolicies: %w", err)
+		return sideCaches{}, fmt.Errorf("indexing AgentTrustPolicies: %w", err)
 	}
+	return sideCaches{ca: caCache, bundles: bundleCache}, nil
+}
 
-	holder := &ca.Holder{}
+// setupControllers registers every controller, sharing one CA holder, one
+// metrics set and one event recorder.
+func setupControllers(mgr manager.Manager, cfg Config, caches sideCaches, holder *ca.Holder) error {
 	metrics := controller.NewMetrics()
 	rec := mgr.GetEventRecorder("agentmesh")
-	if err := (&controller.CAReconciler{
-		Client:      mgr.GetClient(),
-		Reader:      caCache,
-		Cache:       caCache,
-		Recorder:    rec,
-		Clock:       cfg.Clock,
-		Holder:      holder,
-		Secret:      cfg.CASecret,
-		TrustDomain: cfg.TrustDomain,
-		Lifetime:    cfg.CALifetime,
-		Metrics:     metrics,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the CA controller: %w", err)
+	setups := []struct {
+		what  string
+		setup func(manager.Manager) error
+	}{
+		{"the CA controller", (&controller.CAReconciler{
+			Client:      mgr.GetClient(),
+			Reader:      caches.ca,
+			Cache:       caches.ca,
+			Recorder:    rec,
+			Clock:       cfg.Clock,
+			Holder:      holder,
+			Secret:      cfg.CASecret,
+			TrustDomain: cfg.TrustDomain,
+			Lifetime:    cfg.CALifetime,
+			Metrics:     metrics,
+		}).SetupWithManager},
+		{"the CA rotation controller", (&controller.CARotationReconciler{
+			Client:      mgr.GetClient(),
+			Reader:      caches.ca,
+			Cache:       caches.ca,
+			Recorder:    rec,
+			Clock:       cfg.Clock,
+			Secret:      cfg.CASecret,
+			Policy:      cfg.Rotation,
+			Metrics:     metrics,
+			TrustDomain: cfg.TrustDomain,
+		}).SetupWithManager},
+		{"the AgentIdentity certificate controller", (&controller.CertificateReconciler{
+			Client:                  mgr.GetClient(),
+			APIReader:               mgr.GetAPIReader(),
+			Recorder:                rec,
+			Clock:                   cfg.Clock,
+			CA:                      holder,
+			Keys:                    controller.NewKeyPool(cfg.KeyWorkers),
+			Reissue:                 controller.NewReissueGate(cfg.ReissueRate),
+			Metrics:                 metrics,
+			TrustDomain:             cfg.TrustDomain,
+			MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+		}).SetupWithManager},
+		{"the AgentIdentity trust controller", (&controller.TrustReconciler{
+			Client:                  mgr.GetClient(),
+			APIReader:               mgr.GetAPIReader(),
+			Clock:                   cfg.Clock,
+			CA:                      holder,
+			TrustDomain:             cfg.TrustDomain,
+			DefaultPosture:          cfg.DefaultPosture,
+			BundleReader:            caches.bundles,
+			BundleCache:             caches.bundles,
+			MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+		}).SetupWithManager},
+		{"the AgentTrustPolicy controller", (&controller.AgentTrustPolicyReconciler{
+			Client:                  mgr.GetClient(),
+			APIReader:               mgr.GetAPIReader(),
+			BundleReader:            caches.bundles,
+			BundleCache:             caches.bundles,
+			Recorder:                rec,
+			Clock:                   cfg.Clock,
+			TrustDomain:             cfg.TrustDomain,
+			MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+		}).SetupWithManager},
+		{"the PodCertificateRequest signer", (&controller.PodCertificateSigner{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Clock: cfg.Clock, CA: holder,
+			TrustDomain: cfg.TrustDomain, Metrics: metrics, MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+		}).SetupWithManager},
+		{"the ClusterTrustBundle controller", (&controller.ClusterTrustBundleReconciler{
+			Client: mgr.GetClient(), CA: holder, TrustDomain: cfg.TrustDomain,
+		}).SetupWithManager},
+		{"the Pod controller", (&controller.PodReconciler{
+			Client: mgr.GetClient(), Recorder: rec, OperatorNamespace: cfg.CASecret.Namespace,
+		}).SetupWithManager},
 	}
-	if err := (&controller.CARotationReconciler{
-		Client:      mgr.GetClient(),
-		Reader:      caCache,
-		Cache:       caCache,
-		Recorder:    rec,
-		Clock:       cfg.Clock,
-		Secret:      cfg.CASecret,
-		Policy:      cfg.Rotation,
-		Metrics:     metrics,
-		TrustDomain: cfg.TrustDomain,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the CA rotation controller: %w", err)
+	for _, s := range setups {
+		if err := s.setup(mgr); err != nil {
+			return fmt.Errorf("setting up %s: %w", s.what, err)
+		}
 	}
-	if err := (&controller.CertificateReconciler{
-		Client:                  mgr.GetClient(),
-		APIReader:               mgr.GetAPIReader(),
-		Recorder:                rec,
-		Clock:                   cfg.Clock,
-		CA:                      holder,
-		Keys:                    controller.NewKeyPool(cfg.KeyWorkers),
-		Reissue:                 controller.NewReissueGate(cfg.ReissueRate),
-		Metrics:                 metrics,
-		TrustDomain:             cfg.TrustDomain,
-		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the AgentIdentity certificate controller: %w", err)
-	}
-	if err := (&controller.TrustReconciler{
-		Client:                  mgr.GetClient(),
-		APIReader:               mgr.GetAPIReader(),
-		Clock:                   cfg.Clock,
-		CA:                      holder,
-		TrustDomain:             cfg.TrustDomain,
-		DefaultPosture:          cfg.DefaultPosture,
-		BundleReader:            bundleCache,
-		BundleCache:             bundleCache,
-		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the AgentIdentity trust controller: %w", err)
-	}
-	if err := (&controller.AgentTrustPolicyReconciler{
-		Client:                  mgr.GetClient(),
-		APIReader:               mgr.GetAPIReader(),
-		BundleReader:            bundleCache,
-		BundleCache:             bundleCache,
-		Recorder:                rec,
-		Clock:                   cfg.Clock,
-		TrustDomain:             cfg.TrustDomain,
-		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the AgentTrustPolicy controller: %w", err)
-	}
+	return nil
+}
 
-	if err := (&controller.PodCertificateSigner{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Clock: cfg.Clock, CA: holder,
-		TrustDomain: cfg.TrustDomain, Metrics: metrics, MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the PodCertificateRequest signer: %w", err)
-	}
-	if err := (&controller.ClusterTrustBundleReconciler{
-		Client: mgr.GetClient(), CA: holder, TrustDomain: cfg.TrustDomain,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the ClusterTrustBundle controller: %w", err)
-	}
-	if err := (&controller.PodReconciler{
-		Client: mgr.GetClient(), Recorder: rec, OperatorNamespace: cfg.CASecret.Namespace,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the Pod controller: %w", err)
-	}
-
-	if certs != nil {
-		direct, err := client.New(restConfig, client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient()})
-		if err != nil {
-			return nil, err
-		}
-		certs.Client = direct
-		if err := mgr.Add(certs); err != nil {
-			return nil, err
-		}
-		srv := mgr.GetWebhookServer()
-		srv.Register(webhook.PodInjectorPath, webhook.Timed("pods", webhook.Guard(&ctrlwebhook.Admission{Handler: &webhook.PodInjector{
-			Reader:            mgr.GetClient(),
-			Decoder:           admission.NewDecoder(mgr.GetScheme()),
-			TrustDomain:       cfg.TrustDomain,
-			OperatorNamespace: cfg.CASecret.Namespace,
-		}}, webhook.MaxRequestBody, webhook.ReadTimeout)))
-		srv.Register(webhook.AgentTrustPolicyValidatorPath, webhook.Timed("agenttrustpolicies", webhook.Guard(
-			admission.WithValidator[*mtlsv1alpha1.AgentTrustPolicy](mgr.GetScheme(), webhook.AgentTrustPolicyValidator{}),
-			webhook.MaxRequestBody, webhook.ReadTimeout)))
-		if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
-			return nil, err
-		}
-		if err := mgr.AddReadyzCheck("webhook-certificate", certs.Ready); err != nil {
-			return nil, err
-		}
-	}
-
-	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
-		return nil, err
-	}
-	if err := mgr.AddReadyzCheck("ca", func(*http.Request) error {
-		_, err := holder.Get()
+// setupWebhooks registers the Pod injector and the policy validator behind
+// the request guard, and the webhook certificate manager with its own
+// uncached client (it runs on every replica, before the caches sync).
+func setupWebhooks(restConfig *rest.Config, mgr manager.Manager, cfg Config, certs *webhookcert.Manager) error {
+	direct, err := client.New(restConfig, client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient()})
+	if err != nil {
 		return err
-	}); err != nil {
-		return nil, err
 	}
-	return &Operator{Manager: mgr, CA: holder, Certs: certs}, nil
+	certs.Client = direct
+	if err := mgr.Add(certs); err != nil {
+		return err
+	}
+	srv := mgr.GetWebhookServer()
+	srv.Register(webhook.PodInjectorPath, webhook.Timed("pods", webhook.Guard(&ctrlwebhook.Admission{Handler: &webhook.PodInjector{
+		Reader:            mgr.GetClient(),
+		Decoder:           admission.NewDecoder(mgr.GetScheme()),
+		TrustDomain:       cfg.TrustDomain,
+		OperatorNamespace: cfg.CASecret.Namespace,
+	}}, webhook.MaxRequestBody, webhook.ReadTimeout)))
+	srv.Register(webhook.AgentTrustPolicyValidatorPath, webhook.Timed("agenttrustpolicies", webhook.Guard(
+		admission.WithValidator[*mtlsv1alpha1.AgentTrustPolicy](mgr.GetScheme(), webhook.AgentTrustPolicyValidator{}),
+		webhook.MaxRequestBody, webhook.ReadTimeout)))
+	if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
+		return err
+	}
+	return mgr.AddReadyzCheck("webhook-certificate", certs.Ready)
 }
 
 // OptedInSelector selects Pods that carry the opt-in label.
