@@ -29,5 +29,8 @@ const (
 	EventCAActivated        = "CAActivated"
 	EventIdentitiesReissued = "IdentitiesReissued"
 	EventCARetired          = "CARetired"
-	EventCAReplaced         = "CAReplaced"
+	// EventRotationStranded names the identities a rotation goes on
+	// without (invalid spec, Secret name held by another Secret).
+	EventRotationStranded = "RotationStranded"
+	EventCAReplaced       = "CAReplaced"
 )

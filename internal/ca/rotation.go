@@ -137,7 +137,17 @@ type Progress struct {
 	// OthersExpireAt is the latest expiry among certificates the active CA
 	// did not sign.
 	OthersExpireAt time.Time `json:"-"`
+	// Stranded counts identities that a rotation cannot bring along (their
+	// spec is invalid, or their Secret name is held by a Secret agentmesh
+	// did not write): they count neither as identities nor as bundles, so
+	// they never hold a rotation open. StrandedIdentities names the first
+	// MaxStrandedNames of them as "namespace/name (reason)".
+	Stranded           int      `json:"stranded,omitempty"`
+	StrandedIdentities []string `json:"strandedIdentities,omitempty"`
 }
+
+// MaxStrandedNames is how many stranded identities Progress names.
+const MaxStrandedNames = 20
 
 // Event is something a rotation step did, for an Event on the CA Secret.
 type Event struct {

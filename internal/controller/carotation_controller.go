@@ -14,6 +14,7 @@ import (
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -58,6 +59,9 @@ type CARotationReconciler struct {
 
 	mu       sync.Mutex
 	lastSeen *ca.State
+	// strandedReported is the stranded identities last reported in an
+	// Event, so that a rotation reports each change once.
+	strandedReported string
 }
 
 // RotationStatus is what agentmesh-ca-status shows.
@@ -133,8 +137,9 @@ func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 
 	status := r.status(st, progress, sec.Annotations[ca.AnnotationManaged] == "true")
 	if r.Metrics != nil {
-		r.Metrics.SetRotation(st, progress.Identities, progress.IdentitiesOnActive)
+		r.Metrics.SetRotation(st, progress)
 	}
+	r.reportStranded(sec, st, progress)
 	if err := r.writeStatus(ctx, status); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -150,24 +155,65 @@ func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 	return ctrl.Result{RequeueAfter: stableInterval}, nil
 }
 
+// reportStranded records an Event on the CA Secret when, during a rotation,
+// the identities it cannot bring along change: those stay on the old CA and
+// stop working when it leaves the bundles.
+func (r *CARotationReconciler) reportStranded(sec *corev1.Secret, st *ca.State, p ca.Progress) {
+	summary := ""
+	if st.Rotation.Phase != ca.PhaseStable && p.Stranded > 0 {
+		summary = strandedSummary(p)
+	}
+	r.mu.Lock()
+	changed := summary != r.strandedReported
+	r.strandedReported = summary
+	r.mu.Unlock()
+	if changed && summary != "" {
+		r.Recorder.Eventf(sec, nil, corev1.EventTypeWarning, mtlsv1alpha1.EventRotationStranded, "Rotate",
+			"the rotation goes on without %s, which stay on the previous CA and are refused once it leaves the bundles; fix them to bring them along", summary)
+	}
+}
+
+// strandedSummary names the stranded identities, "3 identities: a/x
+// (SecretConflict), ...", with a count of those not named.
+func strandedSummary(p ca.Progress) string {
+	noun := "identities"
+	if p.Stranded == 1 {
+		noun = "identity"
+	}
+	s := fmt.Sprintf("%d %s: %s", p.Stranded, noun, strings.Join(p.StrandedIdentities, ", "))
+	if more := p.Stranded - len(p.StrandedIdentities); more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
+}
+
 // stableInterval is how often the CA status is refreshed between rotations.
 const stableInterval = 15 * time.Second
 
 // measure counts, from the caches, the trust bundles that hold the current
-// anchors and the identities whose certificate the active CA signed.
+// anchors and the identities whose certificate the active CA signed. Only
+// what agentmesh wrote for a live identity counts (rotationWorld), so no
+// object a tenant creates, and no identity that cannot be brought along,
+// holds a rotation open.
 func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now time.Time) (ca.Progress, error) {
 	var m ca.Progress
+	ids := &mtlsv1alpha1.AgentIdentityList{}
+	if err := r.Client.List(ctx, ids, client.UnsafeDisableDeepCopy); err != nil {
+		return m, err
+	}
+	world := newRotationWorld(ids.Items)
 	bundle, hash := st.BundlePEM(), st.BundleHash()
 	secrets := &corev1.SecretList{}
 	if err := r.Client.List(ctx, secrets, client.HasLabels{mtlsv1alpha1.LabelIdentity}, client.UnsafeDisableDeepCopy); err != nil {
 		return m, err
 	}
 	for i := range secrets.Items {
-		if _, ok := secrets.Items[i].Data[mtlsv1alpha1.SecretTrustKey]; !ok {
+		sec := &secrets.Items[i]
+		if _, ok := sec.Data[mtlsv1alpha1.SecretTrustKey]; !ok || !world.counts(sec, (*mtlsv1alpha1.AgentIdentity).EffectiveSecretName) {
 			continue
 		}
 		m.Bundles++
-		if bytes.Equal(secrets.Items[i].Data[mtlsv1alpha1.SecretTrustKey], bundle) {
+		if bytes.Equal(sec.Data[mtlsv1alpha1.SecretTrustKey], bundle) {
 			m.BundlesCurrent++
 		}
 	}
@@ -176,6 +222,9 @@ func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now ti
 		return m, err
 	}
 	for i := range cms.Items {
+		if !world.counts(&cms.Items[i], (*mtlsv1alpha1.AgentIdentity).TrustConfigMapName) {
+			continue
+		}
 		m.Bundles++
 		if cms.Items[i].Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == hash {
 			m.BundlesCurrent++
@@ -209,14 +258,11 @@ func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now ti
 			m.OthersExpireAt = leaf.NotAfter
 		}
 	}
-	ids := &mtlsv1alpha1.AgentIdentityList{}
-	if err := r.Client.List(ctx, ids, client.UnsafeDisableDeepCopy); err != nil {
-		return m, err
-	}
 	active := st.Active.SerialHex()
 	for i := range ids.Items {
-		s := &ids.Items[i].Status
-		if s.SerialNumber == "" || s.NotAfter == nil || !now.Before(s.NotAfter.Time) {
+		id := &ids.Items[i]
+		s := &id.Status
+		if s.SerialNumber == "" || s.NotAfter == nil || !now.Before(s.NotAfter.Time) || world.stranded(id) != "" {
 			continue
 		}
 		m.Identities++
@@ -226,7 +272,61 @@ func (r *CARotationReconciler) measure(ctx context.Context, st *ca.State, now ti
 			m.OthersExpireAt = s.NotAfter.Time
 		}
 	}
+	m.Stranded, m.StrandedIdentities = world.strandedCount, world.strandedNames
 	return m, nil
+}
+
+// rotationWorld is what decides which objects a rotation waits for.
+type rotationWorld struct {
+	byKey         map[types.NamespacedName]*mtlsv1alpha1.AgentIdentity
+	strandedCount int
+	strandedNames []string
+}
+
+func newRotationWorld(ids []mtlsv1alpha1.AgentIdentity) *rotationWorld {
+	w := &rotationWorld{byKey: make(map[types.NamespacedName]*mtlsv1alpha1.AgentIdentity, len(ids))}
+	for i := range ids {
+		id := &ids[i]
+		w.byKey[types.NamespacedName{Namespace: id.Namespace, Name: id.Name}] = id
+		if reason := w.stranded(id); reason != "" {
+			w.strandedCount++
+			if len(w.strandedNames) < ca.MaxStrandedNames {
+				w.strandedNames = append(w.strandedNames, id.Namespace+"/"+id.Name+" ("+reason+")")
+			}
+		}
+	}
+	return w
+}
+
+// stranded returns why a rotation cannot bring the identity along, or "":
+// its spec is invalid (nothing is issued or published for it) or its
+// Secret name is held by a Secret agentmesh did not write. Both wait for a
+// person, and neither may hold a rotation, least of all an emergency one.
+func (w *rotationWorld) stranded(id *mtlsv1alpha1.AgentIdentity) string {
+	c := meta.FindStatusCondition(id.Status.Conditions, mtlsv1alpha1.ConditionReady)
+	if c == nil || c.Status != metav1.ConditionFalse {
+		return ""
+	}
+	switch c.Reason {
+	case mtlsv1alpha1.ReasonInvalidSpec, mtlsv1alpha1.ReasonSecretConflict:
+		return c.Reason
+	}
+	return ""
+}
+
+// counts says whether obj is a bundle the rotation waits for: controlled by
+// a live identity of its namespace (the same UID), under the name that
+// identity uses now, and that identity not stranded. Anything else that
+// carries agentmesh's labels (a tenant's look-alike, the Secret an identity
+// used before a rename, an object of a deleted identity awaiting garbage
+// collection) is not waited for.
+func (w *rotationWorld) counts(obj metav1.Object, name func(*mtlsv1alpha1.AgentIdentity) string) bool {
+	ref := metav1.GetControllerOfNoCopy(obj)
+	if ref == nil || ref.Kind != "AgentIdentity" || ref.APIVersion != mtlsv1alpha1.GroupVersion.String() {
+		return false
+	}
+	id, ok := w.byKey[types.NamespacedName{Namespace: obj.GetNamespace(), Name: ref.Name}]
+	return ok && id.UID == ref.UID && id.DeletionTimestamp.IsZero() && name(id) == obj.GetName() && w.stranded(id) == ""
 }
 
 func (r *CARotationReconciler) status(st *ca.State, m ca.Progress, managed bool) RotationStatus {
@@ -276,6 +376,9 @@ func (r *CARotationReconciler) writeStatus(ctx context.Context, s RotationStatus
 	}
 	if s.NextRotation != "" {
 		data["nextRotation"] = s.NextRotation
+	}
+	if s.Progress.Stranded > 0 {
+		data["stranded"] = strandedSummary(s.Progress)
 	}
 	cm := &corev1.ConfigMap{}
 	key := types.NamespacedName{Namespace: r.Secret.Namespace, Name: CAStatusConfigMapName}

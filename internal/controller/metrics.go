@@ -53,7 +53,7 @@ func NewMetrics() *Metrics {
 			}, []string{"phase"}),
 			rotationIDs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 				Name: "agentmesh_ca_rotation_identities",
-				Help: "Identities with a certificate (state=total) and those whose certificate the active CA signed (state=on_active).",
+				Help: "Identities with a certificate (state=total), those whose certificate the active CA signed (state=on_active), and those a rotation cannot bring along (state=stranded: invalid spec or a Secret name held by another Secret).",
 			}, []string{"state"}),
 		}
 		metrics.Registry.MustRegister(m.identities, m.issuances, m.failures, m.caExpiry, m.rotationPhase, m.rotationIDs)
@@ -94,12 +94,13 @@ func (m *Metrics) SetCA(st *ca.State) {
 }
 
 // SetRotation records the rotation's phase and progress.
-func (m *Metrics) SetRotation(st *ca.State, total, onActive int) {
-	for _, p := range []ca.Phase{ca.PhaseStable, ca.PhasePropagating, ca.PhaseReissuing} {
-		m.rotationPhase.WithLabelValues(string(p)).Set(boolFloat(st.Rotation.Phase == p))
+func (m *Metrics) SetRotation(st *ca.State, p ca.Progress) {
+	for _, ph := range []ca.Phase{ca.PhaseStable, ca.PhasePropagating, ca.PhaseReissuing} {
+		m.rotationPhase.WithLabelValues(string(ph)).Set(boolFloat(st.Rotation.Phase == ph))
 	}
-	m.rotationIDs.WithLabelValues("total").Set(float64(total))
-	m.rotationIDs.WithLabelValues("on_active").Set(float64(onActive))
+	m.rotationIDs.WithLabelValues("total").Set(float64(p.Identities))
+	m.rotationIDs.WithLabelValues("on_active").Set(float64(p.IdentitiesOnActive))
+	m.rotationIDs.WithLabelValues("stranded").Set(float64(p.Stranded))
 }
 
 func boolFloat(b bool) float64 {

@@ -385,10 +385,20 @@ func ReadTrustBundle(ctx context.Context, cached, live client.Reader, ns string,
 	return certs, nil
 }
 
+// holdsExactly reports whether a trust ConfigMap holds out and nothing
+// else. The content is compared, not the hash annotation: someone who edits
+// policy.json (allowAll: true) or adds a CA to bundle.pem and leaves the
+// annotation alone gets the ConfigMap rewritten.
+func holdsExactly(cm *corev1.ConfigMap, out policy.Output) bool {
+	return len(cm.Data) == 2 && len(cm.BinaryData) == 0 &&
+		cm.Data[policy.BundleKey] == string(out.BundlePEM) && cm.Data[policy.PolicyKey] == string(out.PolicyJSON)
+}
+
 func (r *TrustReconciler) writeTrustConfigMap(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, out policy.Output, policies string) error {
 	hash := out.ContentHash()
 	anchors := s.ca.BundleHash()
-	if existing != nil && existing.Annotations[mtlsv1alpha1.AnnotationContentHash] == hash &&
+	if existing != nil && holdsExactly(existing, out) &&
+		existing.Annotations[mtlsv1alpha1.AnnotationContentHash] == hash &&
 		existing.Annotations[mtlsv1alpha1.AnnotationPolicies] == policies &&
 		existing.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == anchors &&
 		existing.Labels[mtlsv1alpha1.LabelIdentity] == s.id.Name {
@@ -412,6 +422,7 @@ func (r *TrustReconciler) writeTrustConfigMap(ctx context.Context, s *trustScope
 	cm.Annotations[mtlsv1alpha1.AnnotationPolicies] = policies
 	cm.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] = anchors
 	cm.Data = map[string]string{policy.BundleKey: string(out.BundlePEM), policy.PolicyKey: string(out.PolicyJSON)}
+	cm.BinaryData = nil
 	if err := controllerutil.SetControllerReference(s.id, cm, r.Client.Scheme()); err != nil {
 		return err
 	}

@@ -33,13 +33,17 @@ var stripManagedFields = cache.TransformStripManagedFields()
 
 // interner shares the memory of identical payloads among cached objects.
 type interner struct {
+	// operatorNamespace holds the objects agentmesh writes without an
+	// owning identity; elsewhere those are look-alikes (lookalike.go).
+	operatorNamespace string
+
 	mu      sync.Mutex
 	strings map[string]string
 	bytes   map[string][]byte
 }
 
-func newInterner() *interner {
-	return &interner{strings: map[string]string{}, bytes: map[string][]byte{}}
+func newInterner(operatorNamespace string) *interner {
+	return &interner{operatorNamespace: operatorNamespace, strings: map[string]string{}, bytes: map[string][]byte{}}
 }
 
 // str returns the shared copy of s.
@@ -76,13 +80,14 @@ func (in *interner) bytesOf(b []byte) []byte {
 	return b
 }
 
-// secretTransform strips managed fields and shares the trust bundle of an
-// identity Secret.
+// secretTransform strips managed fields, keeps only the metadata of a
+// look-alike, and shares the trust bundle of an identity Secret.
 func (in *interner) secretTransform(obj any) (any, error) {
 	obj, err := stripManagedFields(obj)
 	if err != nil {
 		return obj, err
 	}
+	obj = shrinkLookAlike(obj, in.operatorNamespace)
 	if s, ok := obj.(*corev1.Secret); ok {
 		if b, ok := s.Data[identity.SecretTrustKey]; ok {
 			s.Data[identity.SecretTrustKey] = in.bytesOf(b)
@@ -91,13 +96,15 @@ func (in *interner) secretTransform(obj any) (any, error) {
 	return obj, nil
 }
 
-// configMapTransform strips managed fields and shares every large value of
-// a trust ConfigMap (bundle.pem, policy.json).
+// configMapTransform strips managed fields, keeps only the metadata of a
+// look-alike, and shares every large value of a trust ConfigMap
+// (bundle.pem, policy.json).
 func (in *interner) configMapTransform(obj any) (any, error) {
 	obj, err := stripManagedFields(obj)
 	if err != nil {
 		return obj, err
 	}
+	obj = shrinkLookAlike(obj, in.operatorNamespace)
 	if cm, ok := obj.(*corev1.ConfigMap); ok {
 		for k, v := range cm.Data {
 			cm.Data[k] = in.str(v)

@@ -8,13 +8,20 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/identity"
 )
 
+// writtenForAnIdentity is the owner of what agentmesh writes for an
+// identity; without it an object is a look-alike (lookalike.go).
+var writtenForAnIdentity = []metav1.OwnerReference{{
+	APIVersion: mtlsv1alpha1.GroupVersion.String(), Kind: "AgentIdentity", Name: "worker", UID: "u1", Controller: ptr.To(true)}}
+
 func identitySecret(bundle, key string) *corev1.Secret {
 	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "s", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "agentmesh"}}},
+		ObjectMeta: metav1.ObjectMeta{Name: "s", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "agentmesh"}}, OwnerReferences: writtenForAnIdentity},
 		Data: map[string][]byte{
 			identity.SecretTrustKey: []byte(bundle),
 			identity.SecretKeyKey:   []byte(key),
@@ -23,7 +30,7 @@ func identitySecret(bundle, key string) *corev1.Secret {
 }
 
 func TestInternSharesTheBundleOfSecrets(t *testing.T) {
-	in := newInterner()
+	in := newInterner("agentmesh-system")
 	bundle := strings.Repeat("B", 900)
 	key := strings.Repeat("K", 200)
 	var got []*corev1.Secret
@@ -59,11 +66,11 @@ func TestInternSharesTheBundleOfSecrets(t *testing.T) {
 }
 
 func TestInternConfigMapValues(t *testing.T) {
-	in := newInterner()
+	in := newInterner("agentmesh-system")
 	bundle, policy := strings.Repeat("B", 900), `{"allow":[`+strings.Repeat(`"x",`, 60)+`"y"]}`
 	cm := func() *corev1.ConfigMap {
 		// Build the values at run time so that each is its own allocation.
-		return &corev1.ConfigMap{Data: map[string]string{
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{OwnerReferences: writtenForAnIdentity}, Data: map[string]string{
 			"bundle.pem": strings.Clone(bundle), "policy.json": strings.Clone(policy), "small": strings.Clone("tiny"),
 		}}
 	}
@@ -90,7 +97,7 @@ func TestInternConfigMapValues(t *testing.T) {
 }
 
 func TestInternIsBounded(t *testing.T) {
-	in := newInterner()
+	in := newInterner("agentmesh-system")
 	for i := range internMaxEntries + 10 {
 		in.str(strings.Repeat("p", internMinSize) + strings.Repeat("x", i))
 	}

@@ -117,7 +117,7 @@ func New(restConfig *rest.Config, cfg Config, opts ctrl.Options) (*Operator, err
 	}
 	cfg = cfg.withDefaults()
 	opts.Scheme = NewScheme()
-	opts.Cache = cacheOptions()
+	opts.Cache = cacheOptions(cfg.CASecret.Namespace)
 	certs := webhookCertificates(cfg, &opts)
 	mgr, err := ctrl.NewManager(restConfig, opts)
 	if err != nil {
@@ -172,11 +172,12 @@ func (cfg Config) withDefaults() Config {
 }
 
 // cacheOptions scope the manager's cache to what agentmesh reads: its own
-// Secrets and ConfigMaps (CA and bundle payloads shared between them), the
+// Secrets and ConfigMaps (CA and bundle payloads shared between them, and
+// only the metadata of look-alikes), the
 // Pods that opt in, slimmed, and the PodCertificateRequests and
 // ClusterTrustBundles of its signer.
-func cacheOptions() cache.Options {
-	shared := newInterner()
+func cacheOptions(operatorNamespace string) cache.Options {
+	shared := newInterner(operatorNamespace)
 	return cache.Options{
 		DefaultTransform: stripManagedFields,
 		ByObject: map[client.Object]cache.ByObject{

@@ -63,7 +63,11 @@
 //	tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeAny())
 //
 // Such configurations verify peers against the right trust domain's CAs but
-// do not enforce policy.json; authorize with go-spiffe's authorizers instead.
+// do not enforce policy.json; Source.Authorizer does, and GuardResumption
+// makes resumed sessions pass the same checks (go-spiffe verifies in
+// VerifyPeerCertificate, which Go skips on resumption):
+//
+//	cfg := src.GuardResumption(tlsconfig.MTLSServerConfig(src, src, src.Authorizer(agenttls.Ingress)), agenttls.Ingress)
 //
 // The sub-package agenttlstest creates CAs, SPIFFE certificates and the
 // files the operator renders, and lays them out as the kubelet does.

@@ -128,8 +128,9 @@ func Example() {
 }
 
 // A Source is a go-spiffe X.509-SVID and bundle source: code written against
-// go-spiffe's tlsconfig works with agentmesh files unchanged, and
-// Source.Authorizer enforces policy.json there.
+// go-spiffe's tlsconfig works with agentmesh files unchanged,
+// Source.Authorizer enforces policy.json there, and GuardResumption checks
+// resumed sessions too.
 func Example_goSPIFFE() {
 	root, err := os.MkdirTemp("", "agenttls-example")
 	if err != nil {
@@ -156,7 +157,8 @@ func Example_goSPIFFE() {
 	}
 	defer planner.Close()
 
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(worker, worker, worker.Authorizer(agenttls.Ingress)))
+	cfg := worker.GuardResumption(tlsconfig.MTLSServerConfig(worker, worker, worker.Authorizer(agenttls.Ingress)), agenttls.Ingress)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -1,6 +1,7 @@
 package agenttls_test
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"testing"
@@ -150,4 +151,75 @@ func TestGoSPIFFEAuthorizerEgressAndAudit(t *testing.T) {
 	}
 	_ = srv.next(t)
 	mustContain(t, logs.String(), "let through in audit mode", "direction=egress", "peer="+workerID.String(), "research-only")
+}
+
+// TestResumedSessionsAreCheckedAgain: a client allowed once resumes its
+// TLS session after the server's policy stopped allowing it. The SDK's own
+// configuration and a go-spiffe configuration wrapped by GuardResumption
+// refuse it; go-spiffe's configuration alone lets it in, which is why the
+// guard exists (and this test notices if Go ever changes that).
+func TestResumedSessionsAreCheckedAgain(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	plannerSrc := newIdentity(t, ca, plannerID, nil, nil).source(t)
+	cases := []struct {
+		name   string
+		server func(*agenttls.Source) *tls.Config
+		client func() *tls.Config
+		admits bool
+	}{
+		{"agenttls", func(s *agenttls.Source) *tls.Config { return s.ServerTLSConfig() },
+			func() *tls.Config { return plannerSrc.ClientTLSConfig() }, false},
+		{"go-spiffe with GuardResumption", func(s *agenttls.Source) *tls.Config {
+			return s.GuardResumption(tlsconfig.MTLSServerConfig(s, s, s.Authorizer(agenttls.Ingress)), agenttls.Ingress)
+		}, func() *tls.Config { return tlsconfig.MTLSClientConfig(plannerSrc, plannerSrc, tlsconfig.AuthorizeAny()) }, false},
+		{"go-spiffe alone", func(s *agenttls.Source) *tls.Config {
+			return tlsconfig.MTLSServerConfig(s, s, s.Authorizer(agenttls.Ingress))
+		}, func() *tls.Config { return tlsconfig.MTLSClientConfig(plannerSrc, plannerSrc, tlsconfig.AuthorizeAny()) }, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			worker := newIdentity(t, ca, workerID, ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, plannerID), nil)
+			workerSrc := worker.source(t)
+			srv := serve(t, tc.server(workerSrc))
+			client := tc.client()
+			client.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+
+			// The second connection resumes the first one's session.
+			for i := range 2 {
+				c, err := dial(t, srv.addr, client)
+				if err != nil {
+					t.Fatalf("connection %d refused: %v", i+1, err)
+				}
+				if r := srv.next(t); r.err != nil {
+					t.Fatalf("connection %d: server error %v", i+1, r.err)
+				}
+				if resumed := c.ConnectionState().DidResume; resumed != (i == 1) {
+					t.Fatalf("connection %d resumed=%v", i+1, resumed)
+				}
+			}
+
+			// The policy stops allowing the planner.
+			worker.policy = ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, outsiderID)
+			worker.write(t)
+			waitFor(t, "the new policy", func() bool {
+				p := workerSrc.Snapshot().Policy().Ingress.SPIFFEIDs
+				return len(p) == 1 && p[0] == outsiderID.String()
+			})
+			c, err := dial(t, srv.addr, client)
+			r := srv.next(t)
+			if tc.admits {
+				if err != nil || !c.ConnectionState().DidResume {
+					t.Fatalf("go-spiffe alone: err %v; the hole GuardResumption closes is not where this test expects it", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("the planner got back in by resuming its session (resumed=%v)", c.ConnectionState().DidResume)
+			}
+			var pe *agenttls.PolicyError
+			if !errors.As(r.err, &pe) || pe.Peer != plannerID || pe.Direction != agenttls.Ingress {
+				t.Fatalf("server error %v, want the worker's ingress *PolicyError about the planner", r.err)
+			}
+		})
+	}
 }

@@ -119,9 +119,11 @@ func (s *Source) authorize(snap *Snapshot, d Direction, peer spiffeid.ID) error 
 
 // Authorizer returns a go-spiffe authorizer that enforces the current
 // policy.json of the direction (Ingress for a server, Egress for a client),
-// Audit mode included, exactly as ServerTLSConfig and ClientTLSConfig do:
+// Audit mode included, exactly as ServerTLSConfig and ClientTLSConfig do.
+// go-spiffe calls it from VerifyPeerCertificate, which Go skips when a
+// session is resumed, so wrap the configuration with GuardResumption:
 //
-//	tlsconfig.MTLSServerConfig(src, src, src.Authorizer(agenttls.Ingress))
+//	cfg := src.GuardResumption(tlsconfig.MTLSServerConfig(src, src, src.Authorizer(agenttls.Ingress)), agenttls.Ingress)
 //
 // go-spiffe has verified the chain against the Source's bundles before it
 // calls the authorizer. A policy that changes applies from the next
@@ -130,4 +132,31 @@ func (s *Source) Authorizer(d Direction) tlsconfig.Authorizer {
 	return func(peer spiffeid.ID, _ [][]*x509.Certificate) error {
 		return s.authorize(s.Snapshot(), d, peer)
 	}
+}
+
+// GuardResumption returns a copy of cfg (built by go-spiffe's tlsconfig, or
+// any configuration that verifies peers in VerifyPeerCertificate) that
+// checks a resumed session as a full handshake would: the peer's chain
+// against the current CAs of its trust domain, then the current policy of
+// the direction. Go does not call VerifyPeerCertificate on resumption, so
+// without it a peer allowed once gets back in by resuming a session after
+// the policy denies it or its CA has left the bundles. Session tickets stay
+// on: resumption keeps its speed and loses nothing of the checks.
+// ServerTLSConfig and ClientTLSConfig need no guard; they verify in
+// VerifyConnection, which Go calls on every connection.
+func (s *Source) GuardResumption(cfg *tls.Config, d Direction) *tls.Config {
+	c := cfg.Clone()
+	next := c.VerifyConnection
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.DidResume {
+			if err := s.verifyPeer(d, cs.PeerCertificates, spiffeid.ID{}); err != nil {
+				return err
+			}
+		}
+		if next != nil {
+			return next(cs)
+		}
+		return nil
+	}
+	return c
 }

@@ -1,0 +1,213 @@
+package controller_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/controller"
+	"github.com/agentmesh/agentmesh/internal/operator"
+	"github.com/agentmesh/agentmesh/test/cluster"
+)
+
+// TestRotationIgnoresLookAlikesAndStrandedIdentities: in a tenant's
+// namespace, a ConfigMap and a Secret carrying agentmesh's labels (which
+// anyone may set) and an identity whose Secret name is held by someone
+// else's Secret must not hold an emergency rotation open. The rotation
+// ends, names the stranded identity in agentmesh-ca-status and in an
+// Event, and the operator's cache keeps only the look-alikes' metadata.
+func TestRotationIgnoresLookAlikesAndStrandedIdentities(t *testing.T) {
+	c := cluster.ForTest(t, cluster.Options{})
+	cl := c.NewClient(t)
+	ctx := context.Background()
+	cluster.CreateNamespaces(t, cl, operatorNamespace, "tenant")
+	op := cluster.StartOperator(t, c.Config, operator.Config{
+		TrustDomain: td, CASecret: caSecret, Clock: clock.RealClock{},
+		Rotation:    ca.RotationPolicy{Grace: time.Second, Lifetime: 365 * 24 * time.Hour},
+		ReissueRate: 100,
+	}, ctrl.Options{})
+	if err := op.AwaitCA(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	ready := cluster.Condition{Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: mtlsv1alpha1.ReasonIssued}
+	good := newIdentity("tenant", "good")
+	stuck := newIdentity("tenant", "stuck")
+	for _, id := range []*mtlsv1alpha1.AgentIdentity{good, stuck} {
+		if err := cl.Create(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		cluster.WaitCondition(t, cl, id, 20*time.Second, ready)
+	}
+	// stuck moves to a Secret name that the tenant's own Secret holds.
+	if err := cl.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "taken"}}); err != nil {
+		t.Fatal(err)
+	}
+	stuck.Spec.SecretName = "taken"
+	if err := cl.Update(ctx, stuck); err != nil {
+		t.Fatal(err)
+	}
+	cluster.WaitCondition(t, cl, stuck, 20*time.Second, cluster.Condition{
+		Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: mtlsv1alpha1.ReasonSecretConflict})
+
+	// Look-alikes: agentmesh's labels, a stale anchors hash, a bundle that
+	// is not the CA's, and a payload no cache should hold.
+	labels := map[string]string{mtlsv1alpha1.LabelManagedBy: mtlsv1alpha1.ManagedByValue, mtlsv1alpha1.LabelIdentity: "good"}
+	payload := strings.Repeat("x", 64<<10)
+	lookAlikeCM := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "evil-trust", Labels: labels,
+			Annotations: map[string]string{mtlsv1alpha1.AnnotationAnchorsHash: "stale"}},
+		Data: map[string]string{mtlsv1alpha1.TrustBundleKey: payload},
+	}
+	lookAlikeSecret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "evil-tls", Labels: labels},
+		Data:       map[string][]byte{mtlsv1alpha1.SecretTrustKey: []byte(payload)},
+	}
+	for _, o := range []client.Object{lookAlikeCM, lookAlikeSecret} {
+		if err := cl.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	status := func() controller.RotationStatus {
+		cm := &corev1.ConfigMap{}
+		var s controller.RotationStatus
+		if err := cl.Get(ctx, types.NamespacedName{Namespace: operatorNamespace, Name: controller.CAStatusConfigMapName}, cm); err == nil {
+			_ = json.Unmarshal([]byte(cm.Data["status.json"]), &s)
+		}
+		return s
+	}
+	first := status().Active.Serial
+	sec := &corev1.Secret{}
+	if err := cl.Get(ctx, caSecret, sec); err != nil {
+		t.Fatal(err)
+	}
+	sec.Annotations[ca.AnnotationRotate] = ca.RotateCompromised
+	if err := cl.Update(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+
+	var stranded []string
+	cluster.Eventually(t, 60*time.Second, "the emergency rotation ends", func() error {
+		s := status()
+		if s.Progress.Stranded > 0 {
+			stranded = s.Progress.StrandedIdentities
+		}
+		if s.Phase != ca.PhaseStable || s.Active.Serial == first || len(s.Retired) != 0 {
+			return fmt.Errorf("phase %s, active %s (was %s), progress %+v", s.Phase, s.Active.Serial, first, s.Progress)
+		}
+		return nil
+	})
+	if want := []string{"tenant/stuck (SecretConflict)"}; fmt.Sprint(stranded) != fmt.Sprint(want) {
+		t.Errorf("stranded identities %v, want %v", stranded, want)
+	}
+	note := cluster.WaitEvent(t, cl, sec, "Secret", mtlsv1alpha1.EventRotationStranded, 10*time.Second)
+	if !strings.Contains(note, "1 identity: tenant/stuck (SecretConflict)") {
+		t.Errorf("RotationStranded event %q does not name the identity", note)
+	}
+	cluster.WaitCondition(t, cl, good, 20*time.Second, ready)
+	if st, err := op.CA.Get(); err != nil || good.Status.CASerial != st.Active.SerialHex() {
+		t.Errorf("good is on CA %s after the rotation (%v)", good.Status.CASerial, err)
+	}
+
+	// The operator's cache holds the look-alikes' metadata, not their data.
+	cached := op.Manager.GetClient()
+	cm := &corev1.ConfigMap{}
+	if err := cached.Get(ctx, client.ObjectKeyFromObject(lookAlikeCM), cm); err != nil {
+		t.Fatal(err)
+	}
+	if len(cm.Data) != 0 || len(cm.Annotations) != 0 || cm.Labels[mtlsv1alpha1.LabelIdentity] != "good" {
+		t.Errorf("cached look-alike ConfigMap: %d data keys, annotations %v, labels %v", len(cm.Data), cm.Annotations, cm.Labels)
+	}
+	s := &corev1.Secret{}
+	if err := cached.Get(ctx, client.ObjectKeyFromObject(lookAlikeSecret), s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Data) != 0 {
+		t.Errorf("cached look-alike Secret holds %d data keys", len(s.Data))
+	}
+	// The identity's own objects stay whole in the cache.
+	own := &corev1.ConfigMap{}
+	if err := cached.Get(ctx, types.NamespacedName{Namespace: "tenant", Name: good.TrustConfigMapName()}, own); err != nil {
+		t.Fatal(err)
+	}
+	if own.Data[mtlsv1alpha1.TrustBundleKey] == "" || own.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == "" {
+		t.Errorf("the identity's own trust ConfigMap lost its content in the cache")
+	}
+}
+
+// TestEditedTrustConfigMapIsRepaired: someone with write access to the
+// namespace widens a trust ConfigMap (allowAll in policy.json, an extra CA
+// under the cluster's own trust domain in bundle.pem, a stray key) and
+// leaves the hash annotations alone. The operator compares the content and
+// puts back what it wrote.
+func TestEditedTrustConfigMapIsRepaired(t *testing.T) {
+	ns := cluster.NewNamespace(t, k8s, "agents-")
+	id := newIdentity(ns, "worker")
+	create(t, id)
+	waitReady(t, client.ObjectKeyFromObject(id))
+	key := types.NamespacedName{Namespace: ns, Name: id.TrustConfigMapName()}
+	original := &corev1.ConfigMap{}
+	if err := k8s.Get(context.Background(), key, original); err != nil {
+		t.Fatal(err)
+	}
+	rogue, err := ca.Generate(ca.GenerateOptions{TrustDomain: td, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edits := map[string]func(cm *corev1.ConfigMap){
+		"allowAll in policy.json": func(cm *corev1.ConfigMap) {
+			var doc map[string]any
+			if err := json.Unmarshal([]byte(cm.Data[mtlsv1alpha1.TrustPolicyKey]), &doc); err != nil {
+				t.Fatal(err)
+			}
+			doc["ingress"].(map[string]any)["allowAll"] = true
+			b, err := json.Marshal(doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cm.Data[mtlsv1alpha1.TrustPolicyKey] = string(b)
+		},
+		"a rogue CA in bundle.pem": func(cm *corev1.ConfigMap) {
+			cm.Data[mtlsv1alpha1.TrustBundleKey] += string(ca.EncodeCertificatesPEM(rogue.Cert))
+		},
+		"a stray key": func(cm *corev1.ConfigMap) { cm.Data["extra.pem"] = "x" },
+	}
+	for what, edit := range edits {
+		cm := &corev1.ConfigMap{}
+		if err := k8s.Get(context.Background(), key, cm); err != nil {
+			t.Fatal(err)
+		}
+		before := maps.Clone(cm.Data)
+		edit(cm)
+		if maps.Equal(before, cm.Data) {
+			t.Fatalf("%s: the edit changed nothing", what)
+		}
+		if err := k8s.Update(context.Background(), cm); err != nil {
+			t.Fatal(err)
+		}
+		cluster.Eventually(t, 10*time.Second, what+" is repaired", func() error {
+			got := &corev1.ConfigMap{}
+			if err := k8s.Get(context.Background(), key, got); err != nil {
+				return err
+			}
+			if !maps.Equal(got.Data, original.Data) {
+				return fmt.Errorf("data keys %d, policy.json %.120s", len(got.Data), got.Data[mtlsv1alpha1.TrustPolicyKey])
+			}
+			return nil
+		})
+	}
+}
