@@ -161,6 +161,9 @@ func TestGoSPIFFEAuthorizerEgressAndAudit(t *testing.T) {
 func TestResumedSessionsAreCheckedAgain(t *testing.T) {
 	ca := newCA(t, tdLocal)
 	plannerSrc := newIdentity(t, ca, plannerID, nil, nil).source(t)
+	goSPIFFEClient := func() *tls.Config {
+		return tlsconfig.MTLSClientConfig(plannerSrc, plannerSrc, tlsconfig.AuthorizeAny())
+	}
 	cases := []struct {
 		name   string
 		server func(*agenttls.Source) *tls.Config
@@ -171,10 +174,10 @@ func TestResumedSessionsAreCheckedAgain(t *testing.T) {
 			func() *tls.Config { return plannerSrc.ClientTLSConfig() }, false},
 		{"go-spiffe with GuardResumption", func(s *agenttls.Source) *tls.Config {
 			return s.GuardResumption(tlsconfig.MTLSServerConfig(s, s, s.Authorizer(agenttls.Ingress)), agenttls.Ingress)
-		}, func() *tls.Config { return tlsconfig.MTLSClientConfig(plannerSrc, plannerSrc, tlsconfig.AuthorizeAny()) }, false},
+		}, goSPIFFEClient, false},
 		{"go-spiffe alone", func(s *agenttls.Source) *tls.Config {
 			return tlsconfig.MTLSServerConfig(s, s, s.Authorizer(agenttls.Ingress))
-		}, func() *tls.Config { return tlsconfig.MTLSClientConfig(plannerSrc, plannerSrc, tlsconfig.AuthorizeAny()) }, true},
+		}, goSPIFFEClient, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
