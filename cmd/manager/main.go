@@ -67,6 +67,7 @@ func run(opts *options) error {
 		DefaultPosture:          opts.defaultPolicy,
 		Rotation:                ca.RotationPolicy{RotateAt: opts.caRotateAt, Grace: opts.caGrace, Lifetime: opts.caLifetime},
 		ReissueRate:             opts.caReissueRate,
+		DNS:                     opts.dns,
 		Webhook: operator.WebhookConfig{
 			Host:       opts.webhookHost,
 			Port:       opts.webhookPort,

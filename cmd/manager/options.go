@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/identity"
 	"github.com/agentmesh/agentmesh/internal/policy"
 )
 
@@ -29,6 +30,7 @@ type options struct {
 	caGrace                 time.Duration
 	caReissueRate           float64
 	defaultPolicy           policy.Posture
+	dns                     identity.DNSScope
 	metricsAddr             string
 	metricsSecure           bool
 	probeAddr               string
@@ -92,6 +94,11 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		"Number of objects of each kind reconciled in parallel.")
 	fs.StringVar(&o.webhookHost, "webhook-host", "", "Address the webhook server binds to; empty binds every interface.")
 	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port the webhook server listens on; 0 disables the webhooks.")
+	var allowedDNSNames string
+	fs.StringVar(&o.dns.ClusterDomain, "cluster-domain", identity.DefaultClusterDomain,
+		"The cluster's DNS domain: identities may have DNS names under <namespace>.svc and <namespace>.svc.<cluster domain>.")
+	fs.StringVar(&allowedDNSNames, "allowed-dns-names", "",
+		"Comma-separated DNS names (api.example.com) and domains (*.example.com) that identities of every namespace may also have.")
 	var webhookCASecret, webhookService, webhookHosts string
 	fs.StringVar(&webhookCASecret, "webhook-ca-secret", "",
 		"Secret, as namespace/name, of the webhook CA the operator creates and rotates; defaults to <operator namespace>/agentmesh-webhook-ca.")
@@ -146,6 +153,13 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		return nil, fmt.Errorf("invalid value %q for flag -default-policy: want allow-authenticated or deny", defaultPolicy)
 	}
 
+	if msgs := validation.IsDNS1123Subdomain(o.dns.ClusterDomain); len(msgs) > 0 {
+		return nil, fmt.Errorf("invalid value %q for flag -cluster-domain: %s", o.dns.ClusterDomain, strings.Join(msgs, "; "))
+	}
+	if o.dns.Allowed, err = identity.ParseAllowedDNSNames(strings.Split(allowedDNSNames, ",")); err != nil {
+		return nil, fmt.Errorf("invalid value %q for flag -allowed-dns-names: %w", allowedDNSNames, err)
+	}
+
 	ns, name, ok := strings.Cut(caSecret, "/")
 	if !ok || ns == "" || name == "" {
 		return nil, fmt.Errorf("invalid value %q for flag -ca-secret: want namespace/name, e.g. agentmesh-system/agentmesh-ca", caSecret)
@@ -195,7 +209,7 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 	if msgs := validation.IsDNS1123Label(webhookService); len(msgs) > 0 {
 		return nil, fmt.Errorf("invalid value %q for flag -webhook-service: %s", webhookService, strings.Join(msgs, "; "))
 	}
-	o.webhookHosts = []string{webhookService + "." + ns + ".svc", webhookService + "." + ns + ".svc.cluster.local"}
+	o.webhookHosts = []string{webhookService + "." + ns + ".svc", webhookService + "." + ns + ".svc." + o.dns.ClusterDomain}
 	for _, h := range strings.Split(webhookHosts, ",") {
 		if h = strings.TrimSpace(h); h == "" {
 			continue

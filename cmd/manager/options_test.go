@@ -33,12 +33,16 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if o.webhookPort != 9443 || o.maxConcurrentReconciles != 8 {
 		t.Errorf("webhook port %d, concurrency %d", o.webhookPort, o.maxConcurrentReconciles)
 	}
+	if o.dns.ClusterDomain != "cluster.local" || len(o.dns.Allowed) != 0 {
+		t.Errorf("DNS scope %+v, want cluster.local and no allow-list", o.dns)
+	}
 }
 
 func TestParseFlagsValues(t *testing.T) {
 	o, err := parseFlags([]string{
 		"--trust-domain=prod.example.com", "--ca-secret=mesh/root-ca", "--kube-api-qps=50", "--kube-api-burst=50",
 		"--leader-elect", "--max-concurrent-reconciles=32", "--zap-log-level=debug",
+		"--cluster-domain=corp.internal", "--allowed-dns-names=api.example.com, *.partner.example",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +50,10 @@ func TestParseFlagsValues(t *testing.T) {
 	if o.trustDomain.String() != "prod.example.com" || o.caSecret.Namespace != "mesh" || o.caSecret.Name != "root-ca" ||
 		o.leaderElectionNamespace != "mesh" || !o.leaderElect || o.maxConcurrentReconciles != 32 || o.kubeAPIQPS != 50 {
 		t.Errorf("parsed %+v", o)
+	}
+	if o.dns.ClusterDomain != "corp.internal" || strings.Join(o.dns.Allowed, ",") != "api.example.com,*.partner.example" ||
+		o.webhookHosts[1] != "agentmesh-webhook.mesh.svc.corp.internal" {
+		t.Errorf("DNS scope %+v, webhook hosts %v", o.dns, o.webhookHosts)
 	}
 }
 
@@ -65,6 +73,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		"burst below qps":              {[]string{"--kube-api-qps=100", "--kube-api-burst=10"}, "invalid value 10 for flag -kube-api-burst: must be at least -kube-api-qps (100)"},
 		"no concurrency":               {[]string{"--max-concurrent-reconciles=0"}, "invalid value 0 for flag -max-concurrent-reconciles"},
 		"webhook port":                 {[]string{"--webhook-port=70000"}, "invalid value 70000 for flag -webhook-port"},
+		"cluster domain":               {[]string{"--cluster-domain=Corp_Internal"}, `invalid value "Corp_Internal" for flag -cluster-domain`},
+		"allowed DNS name":             {[]string{"--allowed-dns-names=ok.example,*.*.example"}, `invalid value "ok.example,*.*.example" for flag -allowed-dns-names: "*.*.example" is not a DNS name`},
 		"webhook host":                 {[]string{"--webhook-cert-hosts=127.0.0.1,not_a_host"}, `"not_a_host" is neither a DNS name nor an IP`},
 		"webhook CA secret":            {[]string{"--webhook-ca-secret=nope"}, `invalid value "nope" for flag -webhook-ca-secret`},
 		"unknown flag":                 {[]string{"--trust-domian=x"}, "flag provided but not defined: -trust-domian (run with -h for the list of flags)"},

@@ -71,7 +71,7 @@ func serialOf(p parsed) string { return ca.SerialHex(p.leaf.SerialNumber) }
 func TestIssuance(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	id := newIdentity(ns, "worker", func(a *mtlsv1alpha1.AgentIdentity) {
-		a.Spec.DNSNames = []string{"worker.agents.svc"}
+		a.Spec.DNSNames = []string{"worker." + ns + ".svc"}
 		a.Labels = map[string]string{"role": "worker"}
 	})
 	create(t, id)
@@ -93,7 +93,7 @@ func TestIssuance(t *testing.T) {
 	if len(p.leaf.URIs) != 1 || p.leaf.URIs[0].String() != wantID {
 		t.Errorf("URI SANs %v, want exactly [%s]", p.leaf.URIs, wantID)
 	}
-	if !slices.Equal(p.leaf.DNSNames, []string{"worker.agents.svc"}) {
+	if !slices.Equal(p.leaf.DNSNames, []string{"worker." + ns + ".svc"}) {
 		t.Errorf("DNS SANs %v", p.leaf.DNSNames)
 	}
 	if p.leaf.IsCA || p.leaf.KeyUsage != x509.KeyUsageDigitalSignature ||

@@ -67,6 +67,9 @@ type CertificateReconciler struct {
 	Keys        *KeyPool
 	Metrics     *Metrics
 	TrustDomain spiffeid.TrustDomain
+	// DNS decides which spec.dnsNames an identity may have; one it may not
+	// have is InvalidSpec.
+	DNS identity.DNSScope
 	// Reissue bounds the rate of reissues a CA rotation causes.
 	Reissue *ReissueGate
 	// MaxConcurrentReconciles is the number of parallel workers.
@@ -237,6 +240,9 @@ func (r *CertificateReconciler) countPods(ctx context.Context, s *certScope) err
 // resolveRequest validates the spec and derives the issuance request.
 func (r *CertificateReconciler) resolveRequest(s *certScope) error {
 	req, err := identity.NewRequest(r.TrustDomain, s.id)
+	if err == nil {
+		err = r.DNS.Check(s.id.Namespace, s.id.Spec.DNSNames).ToAggregate()
+	}
 	if err != nil {
 		if !isCondition(s.id, mtlsv1alpha1.ConditionReady, metav1.ConditionFalse, mtlsv1alpha1.ReasonInvalidSpec, err.Error()) {
 			r.Recorder.Eventf(s.id, nil, corev1.EventTypeWarning, mtlsv1alpha1.EventInvalidSpec, "Validate", "Invalid spec: %s", err.Error())

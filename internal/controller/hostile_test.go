@@ -211,3 +211,45 @@ func TestEditedTrustConfigMapIsRepaired(t *testing.T) {
 		})
 	}
 }
+
+// TestDNSNamesAreScoped: a tenant cannot get a certificate of the cluster
+// CA for another namespace's Service, the API server, or a public name the
+// cluster's allow-list does not hold; the reconciler refuses them even
+// without the admission webhook (this suite runs none), and an identity
+// that had a certificate keeps it.
+func TestDNSNamesAreScoped(t *testing.T) {
+	ns := cluster.NewNamespace(t, k8s, "agents-")
+	for name, dns := range map[string]string{
+		"other-ns":  "worker.agents.svc",
+		"apiserver": "kubernetes.default.svc",
+		"public":    "*.example.com",
+	} {
+		id := newIdentity(ns, name, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.DNSNames = []string{"ok." + ns + ".svc", dns} })
+		create(t, id)
+		cluster.WaitCondition(t, k8s, id, 20*time.Second, cluster.Condition{
+			Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: mtlsv1alpha1.ReasonInvalidSpec,
+			Message: fmt.Sprintf("spec.dnsNames[1]: Forbidden: %q is outside the identity's namespace: allowed are names under %s.svc and %s.svc.cluster.local and the cluster's allow-list (*.example)", dns, ns, ns)})
+		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name + "-tls"}, &corev1.Secret{}); err == nil {
+			t.Errorf("%s: a Secret was written for %s", name, dns)
+		}
+	}
+
+	// In scope: the own namespace's names, and the allow-list.
+	ok := newIdentity(ns, "ok", func(a *mtlsv1alpha1.AgentIdentity) {
+		a.Spec.DNSNames = []string{"*." + ns + ".svc", "ok." + ns + ".svc.cluster.local", "api.example"}
+	})
+	create(t, ok)
+	waitReady(t, client.ObjectKeyFromObject(ok))
+	before := getSecret(t, ns, "ok-tls")
+
+	// Widening an issued identity: InvalidSpec, and the certificate in
+	// place stays.
+	update(t, client.ObjectKeyFromObject(ok), func(a *mtlsv1alpha1.AgentIdentity) {
+		a.Spec.DNSNames = append(a.Spec.DNSNames, "worker.kube-system.svc")
+	})
+	cluster.WaitCondition(t, k8s, ok, 20*time.Second, cluster.Condition{
+		Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: mtlsv1alpha1.ReasonInvalidSpec, Message: `"worker.kube-system.svc"`})
+	if after := getSecret(t, ns, "ok-tls"); string(after.Data["tls.crt"]) != string(before.Data["tls.crt"]) {
+		t.Error("the certificate in place was replaced")
+	}
+}

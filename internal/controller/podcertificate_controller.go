@@ -50,7 +50,9 @@ type PodCertificateSigner struct {
 	Clock       clock.PassiveClock
 	CA          *ca.Holder
 	TrustDomain spiffeid.TrustDomain
-	Metrics     *Metrics
+	// DNS decides which spec.dnsNames an identity may have.
+	DNS     identity.DNSScope
+	Metrics *Metrics
 	// MaxConcurrentReconciles is the number of parallel workers.
 	MaxConcurrentReconciles int
 }
@@ -86,6 +88,9 @@ func (r *PodCertificateSigner) Reconcile(ctx context.Context, req reconcile.Requ
 
 	id := facts.Identity
 	ireq, err := identity.NewRequest(r.TrustDomain, id)
+	if err == nil {
+		err = r.DNS.Check(id.Namespace, id.Spec.DNSNames).ToAggregate()
+	}
 	if err != nil {
 		return ctrl.Result{}, r.conclude(ctx, pcr, facts.Pod, certv1.PodCertificateRequestConditionTypeDenied, mtlsv1alpha1.ReasonInvalidSpec, err.Error())
 	}

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/identity"
 	"github.com/agentmesh/agentmesh/internal/logging"
 	"github.com/agentmesh/agentmesh/internal/operator"
 	"github.com/agentmesh/agentmesh/test/cluster"
@@ -102,6 +103,9 @@ func startOperator() error {
 		CASecret:                caSecret,
 		MaxConcurrentReconciles: 4,
 		Clock:                   clk,
+		// Names under example are allowed cluster-wide, as a platform team
+		// would allow its public domain (TestDNSNamesAreScoped).
+		DNS: identity.DNSScope{Allowed: []string{"*.example"}},
 	}, ctrl.Options{})
 	if err != nil {
 		return err

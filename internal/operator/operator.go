@@ -37,6 +37,7 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/controller"
+	"github.com/agentmesh/agentmesh/internal/identity"
 	"github.com/agentmesh/agentmesh/internal/policy"
 	"github.com/agentmesh/agentmesh/internal/webhook"
 	"github.com/agentmesh/agentmesh/internal/webhookcert"
@@ -64,6 +65,9 @@ type Config struct {
 	// Rotation is the CA rotation schedule; ca.DefaultRotationPolicy when
 	// zero.
 	Rotation ca.RotationPolicy
+	// DNS decides which spec.dnsNames an identity may have (its own
+	// namespace's Service names by default).
+	DNS identity.DNSScope
 	// ReissueRate bounds the reissues per second a CA rotation causes; 20
 	// when zero.
 	ReissueRate float64
@@ -312,6 +316,7 @@ func setupControllers(mgr manager.Manager, cfg Config, caches sideCaches, holder
 			Reissue:                 controller.NewReissueGate(cfg.ReissueRate),
 			Metrics:                 metrics,
 			TrustDomain:             cfg.TrustDomain,
+			DNS:                     cfg.DNS,
 			MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
 		}).SetupWithManager},
 		{"the AgentIdentity trust controller", (&controller.TrustReconciler{
@@ -337,7 +342,7 @@ func setupControllers(mgr manager.Manager, cfg Config, caches sideCaches, holder
 		}).SetupWithManager},
 		{"the PodCertificateRequest signer", (&controller.PodCertificateSigner{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Clock: cfg.Clock, CA: holder,
-			TrustDomain: cfg.TrustDomain, Metrics: metrics, MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+			TrustDomain: cfg.TrustDomain, DNS: cfg.DNS, Metrics: metrics, MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
 		}).SetupWithManager},
 		{"the ClusterTrustBundle controller", (&controller.ClusterTrustBundleReconciler{
 			Client: mgr.GetClient(), CA: holder, TrustDomain: cfg.TrustDomain,
@@ -375,6 +380,9 @@ func setupWebhooks(restConfig *rest.Config, mgr manager.Manager, cfg Config, cer
 	}}, webhook.MaxRequestBody, webhook.ReadTimeout)))
 	srv.Register(webhook.AgentTrustPolicyValidatorPath, webhook.Timed("agenttrustpolicies", webhook.Guard(
 		admission.WithValidator[*mtlsv1alpha1.AgentTrustPolicy](mgr.GetScheme(), webhook.AgentTrustPolicyValidator{}),
+		webhook.MaxRequestBody, webhook.ReadTimeout)))
+	srv.Register(webhook.AgentIdentityValidatorPath, webhook.Timed("agentidentities", webhook.Guard(
+		admission.WithValidator[*mtlsv1alpha1.AgentIdentity](mgr.GetScheme(), webhook.AgentIdentityValidator{DNS: cfg.DNS}),
 		webhook.MaxRequestBody, webhook.ReadTimeout)))
 	if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
 		return err

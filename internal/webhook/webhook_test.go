@@ -252,6 +252,31 @@ func TestInvalidPolicyIsRejectedAtAdmission(t *testing.T) {
 	}
 }
 
+// TestOutOfScopeDNSNamesAreRejectedAtAdmission: an identity may have DNS
+// names under its own namespace's Service domains only (no allow-list is
+// configured here); the refusal names the field and the rule.
+func TestOutOfScopeDNSNamesAreRejectedAtAdmission(t *testing.T) {
+	ns := cluster.NewNamespace(t, k8s, "agents-")
+	id := &mtlsv1alpha1.AgentIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "worker"},
+		Spec:       mtlsv1alpha1.AgentIdentitySpec{DNSNames: []string{"worker." + ns + ".svc", "kubernetes.default.svc"}},
+	}
+	err := k8s.Create(context.Background(), id)
+	want := `spec.dnsNames[1]: Forbidden: "kubernetes.default.svc" is outside the identity's namespace: allowed are names under ` + ns + ".svc and " + ns + ".svc.cluster.local"
+	if err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one containing %q", err, want)
+	}
+	id.Spec.DNSNames = []string{"worker." + ns + ".svc", "*." + ns + ".svc.cluster.local"}
+	if err := k8s.Create(context.Background(), id); err != nil {
+		t.Fatalf("an identity with its own namespace's names was refused: %v", err)
+	}
+	// An update is checked too.
+	id.Spec.DNSNames = append(id.Spec.DNSNames, "*.example.com")
+	if err := k8s.Update(context.Background(), id); err == nil || !strings.Contains(err.Error(), `spec.dnsNames[2]: Forbidden: "*.example.com"`) {
+		t.Fatalf("widening update: error %v", err)
+	}
+}
+
 // TestWebhookDownBlocksOnlyLabelledPods: with the operator stopped and
 // failurePolicy Fail, a Pod that asks for an identity is refused and every
 // other Pod is created.

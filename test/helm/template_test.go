@@ -39,6 +39,9 @@ caRotation:
   propagationGrace: 5m
   reissueRate: 5
 defaultPolicy: deny
+dnsNames:
+  clusterDomain: k8s.internal
+  allowed: [api.example.com, "*.agents.example.com"]
 kubeAPIQPS: 50
 kubeAPIBurst: 100
 maxConcurrentReconciles: 16
@@ -123,6 +126,7 @@ func TestTemplateDefaults(t *testing.T) {
 		"--ca-propagation-grace=2m",
 		"--ca-reissue-rate=20",
 		"--default-policy=allow-authenticated",
+		"--cluster-domain=cluster.local",
 		"--kube-api-qps=200",
 		"--kube-api-burst=400",
 		"--max-concurrent-reconciles=8",
@@ -223,6 +227,8 @@ func TestTemplateOtherValues(t *testing.T) {
 		"--ca-propagation-grace=5m",
 		"--ca-reissue-rate=5",
 		"--default-policy=deny",
+		"--cluster-domain=k8s.internal",
+		"--allowed-dns-names=api.example.com,*.agents.example.com",
 		"--kube-api-qps=50",
 		"--kube-api-burst=100",
 		"--max-concurrent-reconciles=16",
