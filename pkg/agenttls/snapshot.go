@@ -109,13 +109,11 @@ func validInstant(leaf *x509.Certificate, now time.Time) time.Time {
 
 // checkLeaf applies the X.509-SVID rules to the agent's own leaf.
 func checkLeaf(leaf *x509.Certificate, id spiffeid.ID) error {
-	switch {
-	case id.Path() == "":
+	if id.Path() == "" {
 		return fmt.Errorf("the SPIFFE ID %s has no path", id)
-	case leaf.IsCA:
-		return fmt.Errorf("the leaf of %s is a CA certificate", id)
-	case leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0:
-		return fmt.Errorf("the leaf of %s lacks the digitalSignature key usage", id)
+	}
+	if err := checkSVIDLeaf(leaf); err != nil {
+		return fmt.Errorf("the leaf of %s %w", id, err)
 	}
 	return nil
 }

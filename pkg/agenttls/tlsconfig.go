@@ -98,6 +98,9 @@ func (s *Source) verifyPeer(d Direction, chain []*x509.Certificate, want spiffei
 		}
 		return fmt.Errorf("agentmesh: %s peer %s of %s does not verify against the CAs of its trust domain: %w", d, peer, snap.id, err)
 	}
+	if err := checkSVIDLeaf(chain[0]); err != nil {
+		return fmt.Errorf("agentmesh: %s peer %s of %s is not an X.509-SVID: its leaf %w", d, id, snap.id, err)
+	}
 	if !want.IsZero() && id != want {
 		return fmt.Errorf("agentmesh: the server is %s, not the required %s (egress of %s)", id, want, snap.id)
 	}
@@ -129,8 +132,14 @@ func (s *Source) authorize(snap *Snapshot, d Direction, peer spiffeid.ID) error 
 // calls the authorizer. A policy that changes applies from the next
 // handshake.
 func (s *Source) Authorizer(d Direction) tlsconfig.Authorizer {
-	return func(peer spiffeid.ID, _ [][]*x509.Certificate) error {
-		return s.authorize(s.Snapshot(), d, peer)
+	return func(peer spiffeid.ID, chains [][]*x509.Certificate) error {
+		snap := s.Snapshot()
+		if len(chains) > 0 && len(chains[0]) > 0 {
+			if err := checkSVIDLeaf(chains[0][0]); err != nil {
+				return fmt.Errorf("agentmesh: %s peer %s of %s is not an X.509-SVID: its leaf %w", d, peer, snap.id, err)
+			}
+		}
+		return s.authorize(snap, d, peer)
 	}
 }
 
