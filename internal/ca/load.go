@@ -4,11 +4,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -95,7 +97,7 @@ func Load(data map[string][]byte, annotations map[string]string, td spiffeid.Tru
 			s.Retired = append(s.Retired, a)
 		}
 	}
-	if err := selfTest(s, now); err != nil {
+	if err := selfTests.run(s, data, now); err != nil {
 		return nil, invalid("the CA cannot issue certificates for trust domain %q: %v", td.Name(), err)
 	}
 	return s, nil
@@ -199,6 +201,49 @@ func anchorSource(data map[string][]byte) string {
 
 func isSelfSigned(c *x509.Certificate) bool {
 	return c.CheckSignatureFrom(c) == nil
+}
+
+// selfTests remembers the CAs that passed the self-test, so that it runs
+// once per CA rather than on every load (each rotation pass loads the CA
+// Secret). A CA is the digest of what the test depends on: the trust
+// domain, tls.crt, tls.key and the anchors. Failures are not remembered.
+var selfTests = &selfTestCache{passed: map[[sha256.Size]byte]bool{}}
+
+// maxSelfTests bounds the memory of the cache; past it, it starts over.
+const maxSelfTests = 16
+
+type selfTestCache struct {
+	mu     sync.Mutex
+	passed map[[sha256.Size]byte]bool
+	runs   int // self-tests actually run, for tests
+}
+
+func (c *selfTestCache) run(s *State, data map[string][]byte, now time.Time) error {
+	h := sha256.New()
+	for _, b := range [][]byte{[]byte(s.TrustDomain.Name()), data[SecretCertKey], data[SecretKeyKey]} {
+		_, _ = fmt.Fprintf(h, "%d:", len(b))
+		_, _ = h.Write(b)
+	}
+	for _, a := range s.Anchors {
+		_, _ = fmt.Fprintf(h, "%d:", len(a.Raw))
+		_, _ = h.Write(a.Raw)
+	}
+	var key [sha256.Size]byte
+	h.Sum(key[:0])
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.passed[key] {
+		return nil
+	}
+	c.runs++
+	if err := selfTest(s, now); err != nil {
+		return err
+	}
+	if len(c.passed) >= maxSelfTests {
+		clear(c.passed)
+	}
+	c.passed[key] = true
+	return nil
 }
 
 // selfTest signs a throw-away leaf for a SPIFFE ID of the trust domain and

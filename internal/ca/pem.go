@@ -28,7 +28,31 @@ const (
 	// The size decides; the count is as many CA certificates as fit.
 	MaxBundlePEMSize      = 512 << 10
 	MaxBundleCertificates = 1024
+
+	// MinRSAKeyBits and MaxRSAKeyBits bound the RSA keys agentmesh signs
+	// with or verifies: below 2048 bits is too weak (NIST SP 800-131A), and
+	// above 8192 one signature costs seconds of CPU (Go's TLS stack refuses
+	// larger peer keys for the same reason). Certificates are held to the
+	// maximum only; a private key to both.
+	MinRSAKeyBits = 2048
+	MaxRSAKeyBits = 8192
 )
+
+// checkRSAPublicKey refuses an RSA key over MaxRSAKeyBits, and one under
+// MinRSAKeyBits when min is set. Other key types pass.
+func checkRSAPublicKey(pub any, min bool) error {
+	k, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil
+	}
+	switch bits := k.N.BitLen(); {
+	case bits > MaxRSAKeyBits:
+		return fmt.Errorf("the RSA key has %d bits, over the limit of %d", bits, MaxRSAKeyBits)
+	case min && bits < MinRSAKeyBits:
+		return fmt.Errorf("the RSA key has %d bits, under the minimum of %d", bits, MinRSAKeyBits)
+	}
+	return nil
+}
 
 // ParseBundlePEM decodes a trust bundle as ParseCertificatesPEM does, under
 // the bundle caps. Text between blocks (bundle.pem's comment lines) is
@@ -66,6 +90,9 @@ func parseCertificates(b []byte, maxSize, maxCount int) ([]*x509.Certificate, er
 		if err != nil {
 			return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
 		}
+		if err := checkRSAPublicKey(c.PublicKey, false); err != nil {
+			return nil, fmt.Errorf("certificate %d (subject %q): %w", len(certs)+1, c.Subject.String(), err)
+		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 {
@@ -75,7 +102,9 @@ func parseCertificates(b []byte, maxSize, maxCount int) ([]*x509.Certificate, er
 }
 
 // ParsePrivateKeyPEM decodes the first PEM block of b as a PKCS#8, SEC 1
-// (EC PRIVATE KEY) or PKCS#1 (RSA PRIVATE KEY) private key.
+// (EC PRIVATE KEY) or PKCS#1 (RSA PRIVATE KEY) private key: ECDSA (the
+// curves Go parses: P-256, P-384, P-521), Ed25519, or RSA of
+// MinRSAKeyBits to MaxRSAKeyBits.
 func ParsePrivateKeyPEM(b []byte) (crypto.Signer, error) {
 	if len(b) > MaxPrivateKeyPEMSize {
 		return nil, fmt.Errorf("private key PEM is %d bytes, over the limit of %d", len(b), MaxPrivateKeyPEMSize)
@@ -111,6 +140,9 @@ func ParsePrivateKeyPEM(b []byte) (crypto.Signer, error) {
 	case *ecdsa.PrivateKey:
 		return k, nil
 	case *rsa.PrivateKey:
+		if err := checkRSAPublicKey(&k.PublicKey, true); err != nil {
+			return nil, err
+		}
 		return k, nil
 	case ed25519.PrivateKey:
 		return k, nil
