@@ -413,7 +413,8 @@ func newCA(t *testing.T, isCA bool) *x509.Certificate {
 
 // TestInvalidAgentSelectorKeepsLastOutput: a policy whose agentSelector
 // cannot be parsed cannot tell whom it governs; the identities it governed
-// keep their last trust ConfigMap instead of falling back to the default.
+// keep their last trust ConfigMap instead of falling back to the default,
+// and the others of its namespace are governed by it with no rules.
 func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
@@ -442,6 +443,26 @@ func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
 	if _, now := effective(t, ns, "worker"); now.Data["policy.json"] != before.Data["policy.json"] {
 		t.Errorf("the worker's policy changed:\n%s", now.Data["policy.json"])
 	}
+	// Identities it did not govern before, and a new one, might be governed
+	// by it now: their ingress denies (governed by it, with no rules) rather
+	// than keeping or falling back to the default posture; their egress,
+	// which it does not govern, is unchanged.
+	create(t, newIdentity(ns, "newcomer"))
+	for _, name := range []string{"planner", "newcomer"} {
+		waitEffective(t, ns, name, "ingress denied by the unparseable policy", func(e *policy.Effective) error {
+			in := e.Ingress
+			if !slices.Equal(in.Policies, []string{"worker-ingress"}) || in.AllowAll || len(in.SPIFFEIDs) > 0 || len(in.Prefixes) > 0 ||
+				in.Mode != policy.ModeEnforce {
+				return fmt.Errorf("ingress %+v", in)
+			}
+			if len(e.Egress.Policies) != 0 || !slices.Equal(e.Egress.Prefixes, []string{"spiffe://cluster.local/"}) {
+				return fmt.Errorf("egress %+v", e.Egress)
+			}
+			return nil
+		})
+		waitMessage(t, &mtlsv1alpha1.AgentIdentity{}, types.NamespacedName{Namespace: ns, Name: name},
+			mtlsv1alpha1.ConditionPolicyResolved, mtlsv1alpha1.ReasonPolicyInvalid, "it cannot tell whom it governs, so it allows nothing")
+	}
 	// Fixing the policy resumes compilation.
 	if err := k8s.Get(context.Background(), nn, p); err != nil {
 		t.Fatal(err)
@@ -452,4 +473,10 @@ func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
 	}
 	waitPolicy(t, nn, metav1.ConditionTrue, mtlsv1alpha1.ReasonCompiled)
 	waitCondition(t, types.NamespacedName{Namespace: ns, Name: "worker"}, mtlsv1alpha1.ConditionPolicyResolved, metav1.ConditionTrue, mtlsv1alpha1.ReasonCompiled)
+	waitEffective(t, ns, "newcomer", "the default posture again", func(e *policy.Effective) error {
+		if len(e.Ingress.Policies) != 0 || !slices.Equal(e.Ingress.Prefixes, []string{"spiffe://cluster.local/"}) {
+			return fmt.Errorf("ingress %+v", e.Ingress)
+		}
+		return nil
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -249,15 +250,18 @@ func (r *TrustReconciler) compiledPolicies(ctx context.Context, namespace string
 }
 
 // frozenBy returns a policy that governed the identity's trust ConfigMap
-// and can no longer say whom it selects, with the policies the ConfigMap
-// was compiled from; nil when there is none.
+// (at an earlier generation) and can no longer say whom it selects, with
+// the policies the ConfigMap was compiled from; nil when there is none.
 func frozenBy(compiled []*policy.Compiled, existing *corev1.ConfigMap) (*policy.Compiled, []string) {
 	if existing == nil {
 		return nil, nil
 	}
-	before := compiledPolicyNames(existing.Annotations[mtlsv1alpha1.AnnotationPolicies])
+	annotation := existing.Annotations[mtlsv1alpha1.AnnotationPolicies]
+	before, gens := compiledPolicyNames(annotation), compiledPolicyGenerations(annotation)
 	for _, c := range compiled {
-		if c.AgentSelector == nil && slices.Contains(before, c.Name) {
+		// Compiled from this very generation, the ConfigMap already holds
+		// what the unparseable policy says (deny, see policy.Resolve).
+		if gen, ok := gens[c.Name]; c.AgentSelector == nil && ok && gen != strconv.FormatInt(c.Generation, 10) {
 			return c, before
 		}
 	}
@@ -276,7 +280,11 @@ func summarize(selecting []*policy.Compiled) selection {
 	for _, p := range selecting {
 		sel.names = append(sel.names, p.Name)
 		sel.keys = append(sel.keys, p.Key())
-		if len(p.Errors) > 0 {
+		switch {
+		case p.AgentSelector == nil:
+			sel.reason = mtlsv1alpha1.ReasonPolicyInvalid
+			sel.problems = append(sel.problems, fmt.Sprintf("AgentTrustPolicy %s: %s (it cannot tell whom it governs, so it allows nothing in the directions it governs until fixed)", p.Name, p.ErrorMessage()))
+		case len(p.Errors) > 0:
 			sel.reason = mtlsv1alpha1.ReasonPolicyInvalid
 			sel.problems = append(sel.problems, fmt.Sprintf("AgentTrustPolicy %s: %s (left out)", p.Name, p.ErrorMessage()))
 		}

@@ -100,6 +100,8 @@ func resolve(t *testing.T, who string, def Posture, policies ...*mtlsv1alpha1.Ag
 
 func TestResolve(t *testing.T) {
 	workerSel := mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"role": "worker"}}
+	// A selector only the operator can check (the CRD schema cannot).
+	badSel := mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"not a label key!": "x"}}
 	ingressFromPlanner := pol("from-planner", mtlsv1alpha1.AgentTrustPolicySpec{
 		AgentSelector: workerSel, Ingress: from(mtlsv1alpha1.AgentPeer{IdentitySelector: sel("role", "planner")}),
 	})
@@ -180,6 +182,18 @@ func TestResolve(t *testing.T) {
 			AgentSelector: *sel("role", "ghost"), Ingress: []mtlsv1alpha1.IngressRule{{}},
 		})}, want{Allowed{Mode: ModeEnforce, SPIFFEIDs: []string{}, Prefixes: []string{}, Policies: []string{}, Default: Deny},
 			Allowed{Mode: ModeEnforce, SPIFFEIDs: []string{}, Prefixes: []string{}, Policies: []string{}, Default: Deny}, nil}},
+		{"an unparseable agent selector governs with no rules", "agents/planner", AllowAuthenticated, []*mtlsv1alpha1.AgentTrustPolicy{pol("broken", mtlsv1alpha1.AgentTrustPolicySpec{
+			AgentSelector: badSel, Ingress: []mtlsv1alpha1.IngressRule{{}},
+		})}, want{allowed(ModeEnforce, nil, nil, []string{"broken"}), def(), []string{"broken"}}},
+		{"an unparseable agent selector adds nothing to a policy that selects", "agents/worker", AllowAuthenticated, []*mtlsv1alpha1.AgentTrustPolicy{ingressFromPlanner, pol("broken", mtlsv1alpha1.AgentTrustPolicySpec{
+			AgentSelector: badSel, Ingress: from(mtlsv1alpha1.AgentPeer{SPIFFEIDs: []string{partnerAgent}}),
+		})}, want{allowed(ModeEnforce, []string{plannerID}, nil, []string{"broken", "from-planner"}), def(), []string{"broken", "from-planner"}}},
+		{"an unparseable agent selector in audit mode audits", "agents/planner", AllowAuthenticated, []*mtlsv1alpha1.AgentTrustPolicy{pol("broken", mtlsv1alpha1.AgentTrustPolicySpec{
+			AgentSelector: badSel, Mode: mtlsv1alpha1.PolicyModeAudit, PolicyTypes: []mtlsv1alpha1.PolicyType{"Egress"},
+		})}, want{def(), allowed(ModeAudit, nil, nil, []string{"broken"}), []string{"broken"}}},
+		{"an unparseable agent selector of another namespace does nothing", "research/analyst", AllowAuthenticated, []*mtlsv1alpha1.AgentTrustPolicy{pol("broken", mtlsv1alpha1.AgentTrustPolicySpec{
+			AgentSelector: badSel, Ingress: []mtlsv1alpha1.IngressRule{{}},
+		})}, want{def(), def(), nil}},
 		{"prefixes cover identities and narrower prefixes", "agents/worker", AllowAuthenticated, []*mtlsv1alpha1.AgentTrustPolicy{pol("wide", mtlsv1alpha1.AgentTrustPolicySpec{
 			AgentSelector: workerSel, Ingress: from(
 				mtlsv1alpha1.AgentPeer{IdentitySelector: sel("role", "planner")},

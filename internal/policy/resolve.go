@@ -119,12 +119,18 @@ type Input struct {
 // Resolve computes the effective policy of one identity. It also returns
 // the policies that select the identity (for its trust bundles and status),
 // sorted by name.
+//
+// A policy of the namespace whose agentSelector cannot be parsed might
+// govern the identity: it counts as selecting it, governing the directions
+// it names with no rules, so that those directions deny rather than fall
+// back to the default posture, and its rules (which may allow peers) are
+// left out. An error in a policy thus never widens what is allowed.
 func Resolve(in Input) (*Effective, []*Compiled) {
 	self, _ := agentid.ID(in.TrustDomain, in.Identity.Namespace, in.Identity.Name)
 	eff := &Effective{Version: SchemaVersion, SPIFFEID: self.String(), TrustDomain: in.TrustDomain.Name()}
 	var selecting []*Compiled
 	for _, p := range in.Policies {
-		if p.Namespace == in.Identity.Namespace && p.Selects(in.Identity.Labels) {
+		if p.Namespace == in.Identity.Namespace && (p.AgentSelector == nil || p.Selects(in.Identity.Labels)) {
 			selecting = append(selecting, p)
 		}
 	}
@@ -144,6 +150,10 @@ func resolveDirection(in Input, selecting []*Compiled, dir func(*Compiled) *Dire
 		}
 		a.Policies = append(a.Policies, p.Name)
 		audit = audit && p.Audit
+		if p.AgentSelector == nil {
+			// It might govern the identity; nothing it allows counts.
+			continue
+		}
 		for _, r := range d.Rules {
 			if r.All {
 				a.AllowAll = true
