@@ -191,6 +191,12 @@ const (
 	// PodCertificateWrongDelivery: the identity's keyDelivery is not
 	// PodCertificate.
 	PodCertificateWrongDelivery = "NotPodCertificateDelivery"
+	// PodCertificateNotInjected: the Pod was not admitted by the injector
+	// for the identity its label names now (it was relabelled, or created
+	// while the webhook was not installed): its
+	// mtls.agentmesh.dev/injected annotation is not that identity's
+	// SPIFFE ID.
+	PodCertificateNotInjected = "NotInjected"
 	// PodCertificateServiceAccountMismatch: the Pod, the request and the
 	// identity do not agree on the service account (name or UID).
 	PodCertificateServiceAccountMismatch = "ServiceAccountMismatch"

@@ -50,8 +50,8 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req reconcile.Request) (c
 	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: name}, id); {
 	case apierrors.IsNotFound(err):
 		reason = mtlsv1alpha1.ReasonIdentityNotFound
-		note = fmt.Sprintf("AgentIdentity %s does not exist in namespace %s; the Pod waits for its Secret %s%s until it does",
-			name, pod.Namespace, name, mtlsv1alpha1.DefaultSecretNameSuffix)
+		note = fmt.Sprintf("AgentIdentity %s does not exist in namespace %s: the Pod has no identity; create the identity, then recreate the Pod",
+			name, pod.Namespace)
 	case err != nil:
 		return ctrl.Result{}, err
 	case pod.Annotations[mtlsv1alpha1.AnnotationInjected] == "":

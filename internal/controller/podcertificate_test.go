@@ -54,9 +54,22 @@ func (k *kubelet) pod(ns, name, identityLabel, sa string) *corev1.Pod {
 			Containers: []corev1.Container{{Name: "agent", Image: "agent"}}},
 	}
 	if identityLabel != "" {
+		// As the injector admits it: labelled, and annotated with the
+		// SPIFFE ID of the identity it was admitted for.
 		p.Labels = map[string]string{mtlsv1alpha1.LabelIdentity: identityLabel}
+		p.Annotations = map[string]string{mtlsv1alpha1.AnnotationInjected: "spiffe://cluster.local/ns/" + ns + "/agent/" + identityLabel}
 	}
 	create(k.t, p)
+	return p
+}
+
+// relabel changes the Pod's identity label after its admission.
+func (k *kubelet) relabel(p *corev1.Pod, identityLabel string) *corev1.Pod {
+	k.t.Helper()
+	p.Labels[mtlsv1alpha1.LabelIdentity] = identityLabel
+	if err := k8s.Update(context.Background(), p); err != nil {
+		k.t.Fatal(err)
+	}
 	return p
 }
 
@@ -233,6 +246,8 @@ func TestPodCertificateDenials(t *testing.T) {
 	}{
 		{"the Pod runs as another service account", func() *corev1.Pod { return k.pod(ns, "wrong-sa", "edge", "other") }, nil, nil,
 			"ServiceAccountMismatch", `AgentIdentity edge requires service account "edge"; Pod wrong-sa runs as "other"`},
+		{"the Pod was relabelled after admission", func() *corev1.Pod { return k.relabel(k.pod(ns, "relabelled", "classic", "edge"), "edge") }, nil, nil,
+			"NotInjected", "Pod relabelled was not admitted for AgentIdentity edge (annotation mtls.agentmesh.dev/injected is \"spiffe://cluster.local/ns/" + ns + "/agent/classic\")"},
 		{"the Pod has no identity label", func() *corev1.Pod { return k.pod(ns, "unlabelled", "", "edge") }, nil, nil,
 			"IdentityNotFound", "is not labelled mtls.agentmesh.dev/identity"},
 		{"the label names no identity", func() *corev1.Pod { return k.pod(ns, "ghost", "ghost", "edge") }, nil, nil,

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/agentid"
 )
 
 // Bounds the API server puts on a PodCertificateRequest's lifetime.
@@ -119,6 +120,15 @@ func AuthorizePodCertificate(pcr *certv1.PodCertificateRequest, f PodCertificate
 	case id.Spec.KeyDelivery != mtlsv1alpha1.KeyDeliveryPodCertificate:
 		return deny(mtlsv1alpha1.PodCertificateWrongDelivery, "AgentIdentity %s delivers its key through Secret %s, not per Pod: set spec.keyDelivery to PodCertificate",
 			id.Name, id.EffectiveSecretName())
+	}
+	// The signer signs for the identity the Pod was admitted with: the
+	// injector wrote that identity's SPIFFE ID into the annotation after
+	// checking the Pod's service account, so a label changed afterwards
+	// (or a hand-written projection on a Pod the injector never saw) is
+	// refused rather than followed.
+	if sid, err := agentid.ID(td, pcr.Namespace, id.Name); err != nil || pod.Annotations[mtlsv1alpha1.AnnotationInjected] != sid.String() {
+		return deny(mtlsv1alpha1.PodCertificateNotInjected, "Pod %s was not admitted for AgentIdentity %s (annotation %s is %q): recreate the Pod with label %s=%s",
+			pod.Name, id.Name, mtlsv1alpha1.AnnotationInjected, pod.Annotations[mtlsv1alpha1.AnnotationInjected], mtlsv1alpha1.LabelIdentity, id.Name)
 	}
 	sa := id.EffectiveServiceAccountName()
 	podSA := pod.Spec.ServiceAccountName

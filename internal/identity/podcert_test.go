@@ -42,8 +42,9 @@ func TestAuthorizePodCertificate(t *testing.T) {
 	secretMode := identityObj("worker", func(s *mtlsv1alpha1.AgentIdentitySpec) { s.ServiceAccountName = "worker" })
 	pod := func() *corev1.Pod {
 		return &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "agents", Name: "worker-0", UID: "pod-uid", Labels: map[string]string{mtlsv1alpha1.LabelIdentity: "worker"}},
-			Spec:       corev1.PodSpec{ServiceAccountName: "worker", NodeName: "node-1"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: "agents", Name: "worker-0", UID: "pod-uid", Labels: map[string]string{mtlsv1alpha1.LabelIdentity: "worker"},
+				Annotations: map[string]string{mtlsv1alpha1.AnnotationInjected: "spiffe://" + td.Name() + "/ns/agents/agent/worker"}},
+			Spec: corev1.PodSpec{ServiceAccountName: "worker", NodeName: "node-1"},
 		}
 	}
 	request := func(mutate ...func(*certv1.PodCertificateRequestSpec)) *certv1.PodCertificateRequest {
@@ -78,6 +79,10 @@ func TestAuthorizePodCertificate(t *testing.T) {
 		{"a Pod without the label", request(), facts(func(f *PodCertificateFacts) { f.Pod.Labels = nil; f.Identity = nil }), "IdentityNotFound", "is not labelled mtls.agentmesh.dev/identity"},
 		{"a label naming no identity", request(), facts(func(f *PodCertificateFacts) { f.Identity = nil }), "IdentityNotFound", "AgentIdentity agents/worker, named by Pod worker-0, does not exist"},
 		{"an identity in Secret mode", request(), facts(func(f *PodCertificateFacts) { f.Identity = secretMode }), "NotPodCertificateDelivery", "set spec.keyDelivery to PodCertificate"},
+		{"a Pod relabelled after admission", request(), facts(func(f *PodCertificateFacts) {
+			f.Pod.Annotations[mtlsv1alpha1.AnnotationInjected] = "spiffe://" + td.Name() + "/ns/agents/agent/planner"
+		}), "NotInjected", "Pod worker-0 was not admitted for AgentIdentity worker (annotation mtls.agentmesh.dev/injected is \"spiffe://" + td.Name() + "/ns/agents/agent/planner\")"},
+		{"a Pod the injector never saw", request(), facts(func(f *PodCertificateFacts) { f.Pod.Annotations = nil }), "NotInjected", `annotation mtls.agentmesh.dev/injected is ""`},
 		{"the Pod runs as another account", request(), facts(func(f *PodCertificateFacts) { f.Pod.Spec.ServiceAccountName = "planner" }), "ServiceAccountMismatch", `Pod worker-0 runs as "planner"`},
 		{"the request names another account", request(func(s *certv1.PodCertificateRequestSpec) { s.ServiceAccountName = "planner" }), facts(), "ServiceAccountMismatch", `the request names "planner"`},
 		{"the account's UID differs", request(), facts(func(f *PodCertificateFacts) { f.ServiceAccountUID = "recreated" }), "ServiceAccountMismatch", `has UID "recreated"`},

@@ -374,6 +374,7 @@ func setupWebhooks(restConfig *rest.Config, mgr manager.Manager, cfg Config, cer
 	srv := mgr.GetWebhookServer()
 	srv.Register(webhook.PodInjectorPath, webhook.Timed("pods", webhook.Guard(&ctrlwebhook.Admission{Handler: &webhook.PodInjector{
 		Reader:            mgr.GetClient(),
+		APIReader:         mgr.GetAPIReader(),
 		Decoder:           admission.NewDecoder(mgr.GetScheme()),
 		TrustDomain:       cfg.TrustDomain,
 		OperatorNamespace: cfg.CASecret.Namespace,

@@ -23,8 +23,9 @@ type Target struct {
 	SecretName string
 	// TrustConfigMapName holds bundle.pem and policy.json.
 	TrustConfigMapName string
-	// ServiceAccountName is the service account the Pod must run as; empty
-	// when it is not known (the identity does not exist yet).
+	// ServiceAccountName is the service account the Pod must run as. The
+	// injector always sets it (it refuses Pods whose identity does not
+	// exist); empty skips the check.
 	ServiceAccountName string
 	// PodCertificate, when set, delivers the key and certificate per Pod
 	// (keyDelivery PodCertificate): the kubelet generates the key and asks
@@ -126,7 +127,29 @@ func sameVolume(a, b corev1.Volume) bool {
 }
 
 func sameMount(a, b corev1.VolumeMount) bool {
-	return a.Name == b.Name && a.MountPath == b.MountPath && a.ReadOnly == b.ReadOnly && a.SubPath == "" && a.SubPathExpr == ""
+	return a.Name == b.Name && cleanPath(a.MountPath) == cleanPath(b.MountPath) && a.ReadOnly == b.ReadOnly && a.SubPath == "" && a.SubPathExpr == ""
+}
+
+// cleanPath is p as the container sees it: rooted, without "." or ".."
+// elements, doubled or trailing slashes, so that "/var/run/agentmesh/",
+// "/var//run/agentmesh" and "/var/run/x/../agentmesh" compare equal.
+func cleanPath(p string) string {
+	return path.Clean("/" + p)
+}
+
+// within reports whether p is dir or a path under it.
+func within(p, dir string) bool {
+	p, dir = cleanPath(p), cleanPath(dir)
+	return p == dir || strings.HasPrefix(p, dir+"/")
+}
+
+// sameValue compares an AGENTMESH_* value: the file variables as cleaned
+// paths, the SPIFFE ID as a string.
+func sameValue(name, a, b string) bool {
+	if name == mtlsv1alpha1.EnvSPIFFEID {
+		return a == b
+	}
+	return a != "" && cleanPath(a) == cleanPath(b)
 }
 
 // EffectiveServiceAccount is the service account a Pod runs as.
@@ -145,8 +168,9 @@ func EffectiveServiceAccount(pod *corev1.Pod) string {
 // variables in each, and the injected annotation. It is idempotent: what is
 // already there exactly as it would be written is left alone, so a second
 // invocation changes nothing. Anything of the same name that differs (a
-// volume, a mount at the path, a variable) is a conflict, reported in one
-// error that names each; the Pod is then not changed.
+// volume, a variable) or any other mount at or under the path is a
+// conflict, reported in one error that names each; the Pod is then not
+// changed. Paths are compared cleaned, never as strings.
 func Inject(pod *corev1.Pod, t Target) (changed bool, err error) {
 	if t.ServiceAccountName != "" {
 		if sa := EffectiveServiceAccount(pod); sa != t.ServiceAccountName {
@@ -188,7 +212,9 @@ func Inject(pod *corev1.Pod, t Target) (changed bool, err error) {
 				p.needMount = false
 			case m.Name == mount.Name:
 				conflicts = append(conflicts, fmt.Sprintf("container %q mounts volume %q at %q, not read-only at %q", c.Name, m.Name, m.MountPath, mount.MountPath))
-			case strings.TrimSuffix(m.MountPath, "/") == mount.MountPath:
+			case within(m.MountPath, mount.MountPath):
+				// At the path, or under it where it would shadow the
+				// identity's files.
 				conflicts = append(conflicts, fmt.Sprintf("container %q already mounts volume %q at %q", c.Name, m.Name, m.MountPath))
 			}
 		}
@@ -197,7 +223,7 @@ func Inject(pod *corev1.Pod, t Target) (changed bool, err error) {
 			switch {
 			case i < 0:
 				p.needEnv = append(p.needEnv, want)
-			case c.Env[i].Value != want.Value || c.Env[i].ValueFrom != nil:
+			case !sameValue(want.Name, c.Env[i].Value, want.Value) || c.Env[i].ValueFrom != nil:
 				conflicts = append(conflicts, fmt.Sprintf("container %q already sets %s", c.Name, want.Name))
 			}
 		}

@@ -97,6 +97,9 @@ func TestInject(t *testing.T) {
 		wantErr  string
 		check    func(t *testing.T, p *corev1.Pod)
 		noChange bool
+		// asWritten: the Pod keeps an equivalent, uncleaned path the
+		// injector would have written cleaned; check says what holds.
+		asWritten bool
 	}{
 		{name: "one container", pod: podWith(), target: target},
 		{name: "init and several containers", target: target, pod: podWith(func(p *corev1.Pod) {
@@ -115,7 +118,7 @@ func TestInject(t *testing.T) {
 		}},
 		{name: "default service account", target: Target{IdentityName: "worker", SPIFFEID: target.SPIFFEID, SecretName: "worker-tls", TrustConfigMapName: "worker-trust", ServiceAccountName: "default"},
 			pod: podWith(func(p *corev1.Pod) { p.Spec.ServiceAccountName = "" })},
-		{name: "unknown required service account (identity missing)", target: Target{IdentityName: "worker", SPIFFEID: target.SPIFFEID, SecretName: "worker-tls", TrustConfigMapName: "worker-trust"},
+		{name: "no required service account given", target: Target{IdentityName: "worker", SPIFFEID: target.SPIFFEID, SecretName: "worker-tls", TrustConfigMapName: "worker-trust"},
 			pod: podWith(func(p *corev1.Pod) { p.Spec.ServiceAccountName = "anything" })},
 		{name: "wrong service account", target: target, pod: podWith(func(p *corev1.Pod) { p.Spec.ServiceAccountName = "planner" }),
 			wantErr: `the Pod runs as service account "planner" but AgentIdentity "worker" requires "worker" (spec.serviceAccountName)`},
@@ -125,6 +128,33 @@ func TestInject(t *testing.T) {
 		{name: "something else mounted at the path", target: target, pod: podWith(func(p *corev1.Pod) {
 			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mine", MountPath: "/var/run/agentmesh/"}}
 		}), wantErr: `container "agent" already mounts volume "mine" at "/var/run/agentmesh/"`},
+		{name: "something else mounted at the path, uncleaned", target: target, pod: podWith(func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mine", MountPath: "/var//run/x/../agentmesh/."}}
+		}), wantErr: `container "agent" already mounts volume "mine" at "/var//run/x/../agentmesh/."`},
+		{name: "something mounted under the path, shadowing a file", target: target, pod: podWith(func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mine", MountPath: "/var/run/agentmesh/tls.key", SubPath: "key"}}
+		}), wantErr: `container "agent" already mounts volume "mine" at "/var/run/agentmesh/tls.key"`},
+		{name: "a relative mount path is the rooted one", target: target, pod: podWith(func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mine", MountPath: "var/run/agentmesh"}}
+		}), wantErr: `container "agent" already mounts volume "mine" at "var/run/agentmesh"`},
+		{name: "a sibling path is no conflict", target: target, pod: podWith(func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "mine", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mine", MountPath: "/var/run/agentmesh-cache"}, {Name: "mine", MountPath: "/var/run"}}
+		})},
+		{name: "our volume mounted at the uncleaned path is kept", target: target, asWritten: true, pod: podWith(func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "agentmesh-identity", MountPath: "/var/run/agentmesh/", ReadOnly: true}}
+		}), check: func(t *testing.T, p *corev1.Pod) {
+			if n := len(p.Spec.Containers[0].VolumeMounts); n != 1 {
+				t.Errorf("%d mounts, want the existing one only", n)
+			}
+		}},
+		{name: "a file variable set to the same file, uncleaned", target: target, asWritten: true, pod: podWith(func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "AGENTMESH_CERT_FILE", Value: "/var/run/agentmesh//tls.crt"}}
+		}), check: func(t *testing.T, p *corev1.Pod) {
+			if c := p.Spec.Containers[0]; len(c.Env) != 5 || c.Env[0].Value != "/var/run/agentmesh//tls.crt" {
+				t.Errorf("env %+v, want the existing value kept and four added", c.Env)
+			}
+		}},
 		{name: "an env var of the same name", target: target, pod: podWith(func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Env: []corev1.EnvVar{{Name: "AGENTMESH_CERT_FILE", Value: "/elsewhere"}}}}
 		}), wantErr: `container "init" already sets AGENTMESH_CERT_FILE`},
@@ -148,7 +178,9 @@ func TestInject(t *testing.T) {
 			if err != nil || !changed {
 				t.Fatalf("changed=%v err=%v", changed, err)
 			}
-			assertInjected(t, tc.pod)
+			if !tc.asWritten {
+				assertInjected(t, tc.pod)
+			}
 			if tc.check != nil {
 				tc.check(t, tc.pod)
 			}

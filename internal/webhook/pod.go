@@ -31,7 +31,11 @@ const PodInjectorPath = "/mutate-v1-pod"
 type PodInjector struct {
 	// Reader is a cached client: the webhook answers in well under a
 	// millisecond and never waits on the API server.
-	Reader            client.Reader
+	Reader client.Reader
+	// APIReader reads the API server directly. It is asked only when the
+	// cache does not know the identity, so that a Pod created right after
+	// its identity is not refused for the cache's lag.
+	APIReader         client.Reader
 	Decoder           admission.Decoder
 	TrustDomain       spiffeid.TrustDomain
 	OperatorNamespace string
@@ -70,27 +74,35 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 		SecretName:         name + mtlsv1alpha1.DefaultSecretNameSuffix,
 		TrustConfigMapName: name + mtlsv1alpha1.TrustConfigMapSuffix,
 	}
-	var warnings []string
 	id := &mtlsv1alpha1.AgentIdentity{}
-	switch err := h.Reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, id); {
+	key := types.NamespacedName{Namespace: ns, Name: name}
+	err = h.Reader.Get(ctx, key, id)
+	if apierrors.IsNotFound(err) && h.APIReader != nil {
+		err = h.APIReader.Get(ctx, key, id)
+	}
+	switch {
 	case apierrors.IsNotFound(err):
-		warnings = append(warnings, fmt.Sprintf("AgentIdentity %s/%s does not exist (yet): the Pod is injected with its default "+
-			"Secret %s and will not start until the identity is created and issued", ns, name, t.SecretName))
+		// Refused rather than injected blind: without the identity neither
+		// its service account nor its key delivery is known, and a Pod
+		// admitted unchecked would mount the identity's Secret once it
+		// exists. Controllers (ReplicaSets, Jobs) retry their creates, so
+		// applying the identity and its workload together works.
+		return admission.Denied(fmt.Sprintf("AgentIdentity %s/%s, named by label %s, does not exist: create it before the Pods that use it "+
+			"(a Deployment's or Job's Pods are retried until it does)", ns, name, mtlsv1alpha1.LabelIdentity))
 	case err != nil:
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("looking up AgentIdentity %s/%s: %w", ns, name, err))
-	default:
-		t.SecretName = id.EffectiveSecretName()
-		t.ServiceAccountName = id.EffectiveServiceAccountName()
-		if id.Spec.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
-			req, err := identity.NewRequest(h.TrustDomain, id)
-			if err != nil {
-				return admission.Denied(fmt.Sprintf("AgentIdentity %s/%s cannot be used: %v", ns, name, err))
-			}
-			t.SecretName = ""
-			t.PodCertificate = &PodCertificateTarget{
-				KeyType:              identity.PodCertificateKeyType(req),
-				MaxExpirationSeconds: identity.PodCertificateMaxExpirationSeconds(req),
-			}
+	}
+	t.SecretName = id.EffectiveSecretName()
+	t.ServiceAccountName = id.EffectiveServiceAccountName()
+	if id.Spec.KeyDelivery == mtlsv1alpha1.KeyDeliveryPodCertificate {
+		req, err := identity.NewRequest(h.TrustDomain, id)
+		if err != nil {
+			return admission.Denied(fmt.Sprintf("AgentIdentity %s/%s cannot be used: %v", ns, name, err))
+		}
+		t.SecretName = ""
+		t.PodCertificate = &PodCertificateTarget{
+			KeyType:              identity.PodCertificateKeyType(req),
+			MaxExpirationSeconds: identity.PodCertificateMaxExpirationSeconds(req),
 		}
 	}
 
@@ -99,17 +111,12 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 		return admission.Denied(err.Error())
 	}
 	if !changed {
-		return withWarnings(admission.Allowed("already injected"), warnings)
+		return admission.Allowed("already injected")
 	}
 	marshalled, err := json.Marshal(pod)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err)
 	}
 	logf.FromContext(ctx).V(1).Info("injected identity", "namespace", ns, "identity", name, "spiffeID", t.SPIFFEID)
-	return withWarnings(admission.PatchResponseFromRaw(req.Object.Raw, marshalled), warnings)
-}
-
-func withWarnings(r admission.Response, warnings []string) admission.Response {
-	r.Warnings = append(r.Warnings, warnings...)
-	return r
+	return admission.PatchResponseFromRaw(req.Object.Raw, marshalled)
 }

@@ -181,25 +181,35 @@ func TestWrongServiceAccountIsDenied(t *testing.T) {
 	}
 }
 
-func TestMissingIdentityIsInjectedWithAWarning(t *testing.T) {
+// TestMissingIdentityIsRefused: a Pod whose identity does not exist is not
+// let in unchecked; once the identity exists the same Pod is admitted at
+// once (the cache miss falls back to the API server), with the identity's
+// service account checked.
+func TestMissingIdentityIsRefused(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	warnings.take()
-	pod := labelledPod(ns, "early", "later", "")
-	if err := warned.Create(context.Background(), pod); err != nil {
+	err := k8s.Create(context.Background(), labelledPod(ns, "early", "later", ""))
+	want := "AgentIdentity " + ns + "/later, named by label mtls.agentmesh.dev/identity, does not exist: create it before the Pods that use it"
+	if err == nil || !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want %q", err, want)
+	}
+	// Created straight through the API, without waiting for the
+	// operator's cache.
+	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "later"},
+		Spec: mtlsv1alpha1.AgentIdentitySpec{ServiceAccountName: "later"}}
+	if err := k8s.Create(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
-	w := warnings.take()
-	if len(w) != 1 || !strings.Contains(w[0], "AgentIdentity "+ns+"/later does not exist (yet)") {
-		t.Errorf("warnings %v", w)
+	err = k8s.Create(context.Background(), labelledPod(ns, "impostor", "later", ""))
+	if err == nil || !strings.Contains(err.Error(), `the Pod runs as service account "default" but AgentIdentity "later" requires "later"`) {
+		t.Fatalf("error %v, want the service account checked", err)
 	}
-	got := &corev1.Pod{}
-	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), got); err != nil {
-		t.Fatal(err)
+	pod := labelledPod(ns, "early", "later", "later")
+	if err := k8s.Create(context.Background(), pod); err != nil {
+		t.Fatalf("the Pod was refused once its identity existed: %v", err)
 	}
-	if len(got.Spec.Volumes) != 1 || got.Spec.Volumes[0].Projected.Sources[0].Secret.Name != "later-tls" {
-		t.Errorf("volumes %+v", got.Spec.Volumes)
+	if len(pod.Spec.Volumes) != 1 || pod.Spec.Volumes[0].Projected.Sources[0].Secret.Name != "later-tls" {
+		t.Errorf("volumes %+v", pod.Spec.Volumes)
 	}
-	waitPodEvent(t, got, mtlsv1alpha1.ReasonIdentityNotFound, "AgentIdentity later does not exist")
 
 	// A Pod that gains the label after its creation was never injected:
 	// that is said on the Pod, not silently skipped.
@@ -213,6 +223,17 @@ func TestMissingIdentityIsInjectedWithAWarning(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPodEvent(t, plain, mtlsv1alpha1.ReasonNotInjected, "was not injected")
+	// One labelled after its creation with an identity that does not
+	// exist is told so.
+	ghost := labelledPod(ns, "ghost", "", "")
+	if err := k8s.Create(context.Background(), ghost); err != nil {
+		t.Fatal(err)
+	}
+	ghost.Labels = map[string]string{mtlsv1alpha1.LabelIdentity: "ghost"}
+	if err := k8s.Update(context.Background(), ghost); err != nil {
+		t.Fatal(err)
+	}
+	waitPodEvent(t, ghost, mtlsv1alpha1.ReasonIdentityNotFound, "AgentIdentity ghost does not exist")
 }
 
 func waitPodEvent(t *testing.T, pod *corev1.Pod, reason, want string) {
