@@ -34,7 +34,7 @@ import (
 )
 
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agenttrustpolicies,verbs=get;list;watch
-// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agenttrustpolicies/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agenttrustpolicies/status,verbs=get;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // AgentTrustPolicyReconciler reports on each AgentTrustPolicy: whether it

@@ -39,9 +39,9 @@ import (
 var errSecretConflict = errors.New("secret conflict")
 
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities,verbs=get;list;watch
-// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;patch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 

@@ -21,7 +21,8 @@ import (
 	"github.com/agentmesh/agentmesh/internal/ca"
 )
 
-// +kubebuilder:rbac:groups=certificates.k8s.io,resources=clustertrustbundles,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups=certificates.k8s.io,resources=clustertrustbundles,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups=certificates.k8s.io,resources=clustertrustbundles,verbs=update,resourceNames=agentmesh.dev:agent-identity:cluster.local
 
 // ClusterTrustBundleName is the ClusterTrustBundle that publishes a trust
 // domain's CAs for the signer: its name must start with the signer name,

@@ -29,7 +29,7 @@ import (
 )
 
 // +kubebuilder:rbac:groups=certificates.k8s.io,resources=podcertificaterequests,verbs=get;list;watch
-// +kubebuilder:rbac:groups=certificates.k8s.io,resources=podcertificaterequests/status,verbs=update;patch
+// +kubebuilder:rbac:groups=certificates.k8s.io,resources=podcertificaterequests/status,verbs=update
 // +kubebuilder:rbac:groups=certificates.k8s.io,resources=signers,resourceNames=agentmesh.dev/agent-identity,verbs=sign;attest
 // +kubebuilder:rbac:groups="",resources=nodes;serviceaccounts,verbs=get
 

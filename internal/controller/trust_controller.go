@@ -36,8 +36,8 @@ import (
 )
 
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities,verbs=get;list;watch
-// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agenttrustpolicies,verbs=get;list;watch
 

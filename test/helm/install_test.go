@@ -443,7 +443,7 @@ func rbacTable(ns, config string) []permission {
 		{"list", mtls, "agentidentities", "", "", "", true},
 		{"watch", mtls, "agenttrustpolicies", "", "", "", true},
 		{"patch", mtls, "agentidentities", "status", "agents", "worker", true},
-		{"update", mtls, "agenttrustpolicies", "status", "agents", "worker-ingress", true},
+		{"patch", mtls, "agenttrustpolicies", "status", "agents", "worker-ingress", true},
 		{"update", mtls, "agentidentities", "finalizers", "agents", "worker", true},
 		{"create", "events.k8s.io", "events", "", "agents", "", true},
 		// Its own webhook configurations' caBundle.
@@ -462,6 +462,7 @@ func rbacTable(ns, config string) []permission {
 		{"sign", cert, "signers", "", "", signer, true},
 		{"attest", cert, "signers", "", "", signer, true},
 		{"create", cert, "clustertrustbundles", "", "", "", true},
+		{"update", cert, "clustertrustbundles", "", "", "agentmesh.dev:agent-identity:" + trustDomain, true},
 		{"get", core, "nodes", "", "", "node-1", true},
 		{"get", core, "serviceaccounts", "", "agents", "worker", true},
 		// Secure metrics.
@@ -499,6 +500,18 @@ func rbacTable(ns, config string) []permission {
 		{"attest", cert, "signers", "", "", "example.com/other", false},
 		{"create", cert, "podcertificaterequests", "", "agents", "", false},
 		{"delete", cert, "clustertrustbundles", "", "", "", false},
+		// Only its own trust domain's ClusterTrustBundle is updated.
+		{"update", cert, "clustertrustbundles", "", "", "example.com:bundle", false},
+		{"update", cert, "clustertrustbundles", "", "", "agentmesh.dev:agent-identity:cluster.local", false},
+		// Nothing it never does: patches of Secrets, ConfigMaps and
+		// requests, status updates (it applies status), deleting
+		// ConfigMaps (owner references let the garbage collector do it).
+		{"patch", core, "secrets", "", "agents", "worker-tls", false},
+		{"patch", core, "configmaps", "", "agents", "worker-trust", false},
+		{"delete", core, "configmaps", "", "agents", "worker-trust", false},
+		{"patch", cert, "podcertificaterequests", "status", "agents", "worker-0-abcde", false},
+		{"update", mtls, "agentidentities", "status", "agents", "worker", false},
+		{"update", mtls, "agenttrustpolicies", "status", "agents", "worker-ingress", false},
 		// Leases and core Events anywhere but its own.
 		{"update", coor, "leases", "", "agents", leaseName, false},
 		{"update", coor, "leases", "", "kube-system", "kube-controller-manager", false},
