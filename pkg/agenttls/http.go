@@ -1,10 +1,13 @@
 package agenttls
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -18,19 +21,36 @@ const readHeaderTimeout = 10 * time.Second
 // NewServer returns an HTTPS server for addr whose TLS configuration is
 // ServerTLSConfig. Start it with ListenAndServeTLS("", "") or
 // ServeTLS(listener, "", ""): the certificate comes from the Source.
+//
+// Its connections do not outlive what allowed them: one whose client the
+// current files would refuse (its CA left the bundle, its certificate
+// expired, the ingress policy no longer allows it) is closed as soon as
+// the files change (KeepRevokedConnections turns that off), and none is
+// kept longer than DefaultMaxConnectionAge (WithMaxConnectionAge) or idle
+// longer than DefaultIdleTimeout (WithIdleTimeout). Its ConnState hook does
+// this: a caller that sets its own must call the one NewServer set.
 func (s *Source) NewServer(addr string, handler http.Handler, opts ...TLSOption) *http.Server {
+	o := newTLSOptions(opts)
 	return &http.Server{
 		Addr:              addr,
 		Handler:           handler,
 		TLSConfig:         s.ServerTLSConfig(opts...),
 		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       o.idle,
+		ConnState:         s.serverConnState(o),
 	}
 }
 
 // NewTransport returns a copy of http.DefaultTransport whose TLS
-// configuration is ClientTLSConfig. Pooled connections outlive file updates;
-// new connections use the current files.
+// configuration is ClientTLSConfig. New connections use the current files;
+// a pooled connection whose server the current files would refuse (its CA
+// left the bundle, its certificate expired, the egress policy or
+// WithServerID no longer allows it) is closed as soon as the files change,
+// unless KeepRevokedConnections is given. Idle pooled connections are
+// closed after the transport's IdleConnTimeout (90 seconds). Connections
+// through an HTTPS proxy are verified but not re-checked.
 func (s *Source) NewTransport(opts ...TLSOption) *http.Transport {
+	o := newTLSOptions(opts)
 	t, ok := http.DefaultTransport.(*http.Transport)
 	if ok {
 		t = t.Clone()
@@ -39,7 +59,52 @@ func (s *Source) NewTransport(opts ...TLSOption) *http.Transport {
 	}
 	t.TLSClientConfig = s.ClientTLSConfig(opts...)
 	t.ForceAttemptHTTP2 = true
+	if !o.keepRevoked {
+		dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+		t.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			raw, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// The transport has added its ALPN protocols (h2) to
+			// TLSClientConfig by the time it dials.
+			cfg := t.TLSClientConfig.Clone()
+			if cfg.ServerName == "" {
+				if host, _, err := net.SplitHostPort(addr); err == nil {
+					cfg.ServerName = host
+				}
+			}
+			w := &untrackOnClose{Conn: raw}
+			tc := tls.Client(w, cfg)
+			w.untrack = func() { s.conns.remove(tc) }
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = raw.Close()
+				return nil, err
+			}
+			s.conns.add(&conn{tls: tc, dir: Egress, want: o.serverID})
+			if w.closed.Load() {
+				// Closed while it was being added.
+				s.conns.remove(tc)
+			}
+			return tc, nil
+		}
+	}
 	return t
+}
+
+// untrackOnClose is the TCP connection under a tracked client connection:
+// closing it (tls.Conn.Close does) takes the connection off the set.
+type untrackOnClose struct {
+	net.Conn
+	closed  atomic.Bool
+	untrack func()
+}
+
+func (u *untrackOnClose) Close() error {
+	if u.closed.CompareAndSwap(false, true) {
+		u.untrack()
+	}
+	return u.Conn.Close()
 }
 
 // NewHTTPClient returns an HTTP client that uses NewTransport.

@@ -29,6 +29,8 @@ type Source struct {
 	goodHash [32]byte   // content of the current Snapshot
 	err      error      // why the files on disk are not the current Snapshot
 
+	conns connSet // established connections re-checked on a change
+
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -151,6 +153,7 @@ func (s *Source) reload() {
 		}
 	case snap != nil:
 		s.logLoaded(snap)
+		s.recheck()
 		if s.cfg.onUpdate != nil {
 			s.cfg.onUpdate(snap)
 		}

@@ -15,8 +15,12 @@ import (
 type TLSOption func(*tlsOptions)
 
 type tlsOptions struct {
-	minVersion uint16
-	serverID   spiffeid.ID
+	minVersion  uint16
+	serverID    spiffeid.ID
+	maxAge      time.Duration
+	grace       time.Duration
+	idle        time.Duration
+	keepRevoked bool
 }
 
 // AllowTLS12 accepts TLS 1.2 as well as TLS 1.3 (only TLS 1.3 otherwise),
@@ -32,7 +36,7 @@ func WithServerID(id spiffeid.ID) TLSOption {
 }
 
 func newTLSOptions(opts []TLSOption) tlsOptions {
-	o := tlsOptions{minVersion: tls.VersionTLS13}
+	o := tlsOptions{minVersion: tls.VersionTLS13, maxAge: DefaultMaxConnectionAge, grace: DefaultConnectionGrace, idle: DefaultIdleTimeout}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -43,7 +47,8 @@ func newTLSOptions(opts []TLSOption) tlsOptions {
 // current certificate on every handshake, requires a client certificate,
 // verifies it against the current CAs of the client's own trust domain, and
 // enforces the current ingress policy. Files that change are used by the
-// next handshake; established connections are not touched.
+// next handshake; established connections are left alone unless the server
+// is NewServer or they are given to Track.
 func (s *Source) ServerTLSConfig(opts ...TLSOption) *tls.Config {
 	o := newTLSOptions(opts)
 	return &tls.Config{

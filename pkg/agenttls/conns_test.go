@@ -1,0 +1,222 @@
+package agenttls_test
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/agentmesh/agentmesh/pkg/agenttls"
+	"github.com/agentmesh/agentmesh/pkg/agenttls/agenttlstest"
+)
+
+// startServer serves src's NewServer with opts on 127.0.0.1.
+func startServer(t *testing.T, src *agenttls.Source, h http.Handler, opts ...agenttls.TLSOption) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := src.NewServer(ln.Addr().String(), h, opts...)
+	srv.ErrorLog = log.New(io.Discard, "", 0)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.ServeTLS(ln, "", "")
+	}()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-done
+	})
+	return "https://" + ln.Addr().String()
+}
+
+var hello = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello") })
+
+// get makes one request and says whether it reused a pooled connection.
+func get(t *testing.T, c *http.Client, url string) (reused bool, err error) {
+	t.Helper()
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+	})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && string(b) != "hello" {
+		err = fmt.Errorf("body %q", b)
+	}
+	return reused, err
+}
+
+func egressOnly(id spiffeid.ID, policy string, ids ...spiffeid.ID) *agenttls.Policy {
+	p := agenttlstest.DefaultPolicy(id)
+	p.Egress = agenttls.Rules{Mode: agenttls.ModeEnforce, Policies: []string{policy}, SPIFFEIDs: []string{}, Prefixes: []string{}}
+	for _, a := range ids {
+		p.Egress.SPIFFEIDs = append(p.Egress.SPIFFEIDs, a.String())
+	}
+	return p
+}
+
+// TestRevokedPeersAreDisconnected: a connection made while the policy
+// allowed its peer is closed, on the side whose policy changed, once the
+// new files are loaded; in Audit mode, and with KeepRevokedConnections, it
+// is kept.
+func TestRevokedPeersAreDisconnected(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	cases := []struct {
+		name string
+		// revoke changes the worker's (server) or the planner's (client)
+		// files.
+		revoke     func(t *testing.T, worker, planner *identity)
+		serverOpts []agenttls.TLSOption
+		clientOpts []agenttls.TLSOption
+		closes     string // "server", "client" or "" (kept)
+		log        string
+	}{
+		{name: "the server's ingress stops allowing the client", closes: "server",
+			revoke: func(t *testing.T, worker, _ *identity) {
+				worker.policy = ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, outsiderID)
+				worker.write(t)
+			}, log: "does not allow " + plannerID.String()},
+		{name: "the client's egress stops allowing the server", closes: "client",
+			revoke: func(t *testing.T, _, planner *identity) {
+				planner.policy = egressOnly(plannerID, "planner-egress", outsiderID)
+				planner.write(t)
+			}, log: "does not allow " + workerID.String()},
+		{name: "the client's CA leaves the server's bundle", closes: "server",
+			revoke: func(t *testing.T, worker, _ *identity) {
+				other := newCA(t, tdLocal)
+				worker.bundles = map[spiffeid.TrustDomain][]*x509.Certificate{tdLocal: {other.Root}}
+				worker.leaf = issue(t, other, workerID)
+				worker.write(t)
+			}, log: "does not verify against the CAs of its trust domain"},
+		{name: "Audit mode logs and keeps the connection", closes: "",
+			revoke: func(t *testing.T, worker, _ *identity) {
+				worker.policy = ingressOnly(workerID, "worker-ingress", agenttls.ModeAudit, outsiderID)
+				worker.write(t)
+			}, log: "let through in audit mode"},
+		{name: "KeepRevokedConnections keeps it", closes: "",
+			serverOpts: []agenttls.TLSOption{agenttls.KeepRevokedConnections()},
+			revoke: func(t *testing.T, worker, _ *identity) {
+				worker.policy = ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, outsiderID)
+				worker.write(t)
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var serverLog logBuffer
+			worker := newIdentity(t, ca, workerID, ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, plannerID), nil)
+			workerSrc := worker.source(t, agenttls.WithLogger(serverLog.logger()), agenttls.WithPollInterval(20*time.Millisecond))
+			planner := newIdentity(t, ca, plannerID, nil, nil)
+			var clientLog logBuffer
+			plannerSrc := planner.source(t, agenttls.WithLogger(clientLog.logger()), agenttls.WithPollInterval(20*time.Millisecond))
+			url := startServer(t, workerSrc, hello, tc.serverOpts...)
+			client := plannerSrc.NewHTTPClient(tc.clientOpts...)
+			defer client.CloseIdleConnections()
+
+			if _, err := get(t, client, url); err != nil {
+				t.Fatal(err)
+			}
+			if reused, err := get(t, client, url); err != nil || !reused {
+				t.Fatalf("second request: reused %v, err %v; want the pooled connection", reused, err)
+			}
+			if n, m := workerSrc.Connections(), plannerSrc.Connections(); n != 1 || m != 1 {
+				t.Fatalf("tracked connections: server %d, client %d; want 1 and 1", n, m)
+			}
+			before := workerSrc.Snapshot()
+			beforeClient := plannerSrc.Snapshot()
+			tc.revoke(t, worker, planner)
+			waitFor(t, "the new files", func() bool {
+				return workerSrc.Snapshot() != before || plannerSrc.Snapshot() != beforeClient
+			})
+
+			switch tc.closes {
+			case "server", "client":
+				waitFor(t, "both ends to drop the connection", func() bool {
+					return workerSrc.Connections() == 0 && plannerSrc.Connections() == 0
+				})
+				logs := serverLog.String()
+				if tc.closes == "client" {
+					logs = clientLog.String()
+				}
+				mustContain(t, logs, "closing a connection whose peer is no longer allowed", tc.log)
+				// And the peer does not get back in with a new one.
+				if _, err := get(t, client, url); err == nil {
+					t.Error("a new connection was let in after the revocation")
+				}
+			default:
+				// Give a wrong close time to happen.
+				time.Sleep(200 * time.Millisecond)
+				if reused, err := get(t, client, url); err != nil || !reused {
+					t.Fatalf("after the change: reused %v, err %v; want the connection kept", reused, err)
+				}
+				if tc.log != "" {
+					mustContain(t, serverLog.String(), tc.log)
+				}
+				if strings.Contains(serverLog.String(), "closing a connection") {
+					t.Error("a connection was closed")
+				}
+			}
+		})
+	}
+}
+
+// TestConnectionsHaveABoundedAge: NewServer closes an idle connection at
+// its maximum age, lets a busy one finish within the grace, and cuts one
+// that is still busy after it.
+func TestConnectionsHaveABoundedAge(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	workerSrc := newIdentity(t, ca, workerID, nil, nil).source(t)
+	plannerSrc := newIdentity(t, ca, plannerID, nil, nil).source(t)
+	const age = 300 * time.Millisecond // the grace is as long
+	url := startServer(t, workerSrc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			time.Sleep(d)
+		}
+		fmt.Fprint(w, "hello")
+	}), agenttls.WithMaxConnectionAge(age))
+
+	t.Run("idle", func(t *testing.T) {
+		client := plannerSrc.NewHTTPClient()
+		defer client.CloseIdleConnections()
+		if _, err := get(t, client, url); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the idle connection to be closed at its age", func() bool { return workerSrc.Connections() == 0 })
+		if reused, err := get(t, client, url); err != nil || reused {
+			t.Fatalf("reused %v, err %v; want a new connection", reused, err)
+		}
+	})
+	t.Run("busy within the grace", func(t *testing.T) {
+		client := plannerSrc.NewHTTPClient()
+		defer client.CloseIdleConnections()
+		start := time.Now()
+		if _, err := get(t, client, url+"/?sleep=450ms"); err != nil {
+			t.Fatalf("a request that ends within the grace failed: %v", err)
+		}
+		if d := time.Since(start); d < 450*time.Millisecond {
+			t.Fatalf("took %s", d)
+		}
+		waitFor(t, "the connection to be closed once idle", func() bool { return workerSrc.Connections() == 0 })
+	})
+	t.Run("busy past the grace", func(t *testing.T) {
+		client := plannerSrc.NewHTTPClient()
+		defer client.CloseIdleConnections()
+		if _, err := get(t, client, url+"/?sleep=3s"); err == nil {
+			t.Fatal("a request still running past the age and the grace was not cut")
+		}
+	})
+}
