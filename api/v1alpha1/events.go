@@ -33,4 +33,8 @@ const (
 	// without (invalid spec, Secret name held by another Secret).
 	EventRotationStranded = "RotationStranded"
 	EventCAReplaced       = "CAReplaced"
+	// EventEmergencyDeadlineReached (Warning): an emergency rotation's
+	// deadline passed with bundles or leaves left behind; it went on
+	// without them.
+	EventEmergencyDeadlineReached = "EmergencyDeadlineReached"
 )

@@ -65,7 +65,7 @@ func run(opts *options) error {
 		MaxConcurrentReconciles: opts.maxConcurrentReconciles,
 		KeyWorkers:              opts.keyWorkers,
 		DefaultPosture:          opts.defaultPolicy,
-		Rotation:                ca.RotationPolicy{RotateAt: opts.caRotateAt, Grace: opts.caGrace, Lifetime: opts.caLifetime},
+		Rotation:                ca.RotationPolicy{RotateAt: opts.caRotateAt, Grace: opts.caGrace, Lifetime: opts.caLifetime, EmergencyDeadline: opts.caEmergencyDeadline},
 		ReissueRate:             opts.caReissueRate,
 		DNS:                     opts.dns,
 		Webhook: operator.WebhookConfig{

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/identity"
 	"github.com/agentmesh/agentmesh/internal/policy"
 )
@@ -28,6 +29,7 @@ type options struct {
 	keyWorkers              int
 	caRotateAt              float64
 	caGrace                 time.Duration
+	caEmergencyDeadline     time.Duration
 	caReissueRate           float64
 	defaultPolicy           policy.Posture
 	dns                     identity.DNSScope
@@ -69,6 +71,9 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 	fs.DurationVar(&o.caGrace, "ca-propagation-grace", 2*time.Minute,
 		"During a CA rotation, the time the kubelet is given to update mounted files, twice: after every trust bundle holds the next CA, before it signs; "+
 			"and after every identity is reissued, before the previous CA leaves the bundles (not in an emergency rotation).")
+	fs.DurationVar(&o.caEmergencyDeadline, "ca-emergency-deadline", ca.DefaultEmergencyDeadline,
+		"Bound of an emergency rotation (rotate-ca=compromised), from when it is asked for: half-way the next CA signs even if some trust bundles "+
+			"do not hold it yet, and at the deadline the compromised CA leaves the bundles even if some certificates are still on it.")
 	fs.Float64Var(&o.caReissueRate, "ca-reissue-rate", 20,
 		"Certificates reissued per second under the new CA after a rotation (an emergency rotation is not limited).")
 	fs.IntVar(&o.keyWorkers, "key-workers", 1,
@@ -190,6 +195,8 @@ func parseFlags(args []string, output io.Writer) (*options, error) {
 		return nil, fmt.Errorf("invalid value %v for flag -ca-rotate-at: must be at least 0 and below 1", o.caRotateAt)
 	case o.caGrace < 0:
 		return nil, fmt.Errorf("invalid value %s for flag -ca-propagation-grace: must not be negative", o.caGrace)
+	case o.caEmergencyDeadline < time.Minute:
+		return nil, fmt.Errorf("invalid value %s for flag -ca-emergency-deadline: must be at least 1m", o.caEmergencyDeadline)
 	case o.caReissueRate <= 0:
 		return nil, fmt.Errorf("invalid value %v for flag -ca-reissue-rate: must be greater than 0", o.caReissueRate)
 	case o.keyWorkers < 1 || o.keyWorkers > 64:

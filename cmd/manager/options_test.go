@@ -68,6 +68,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		"CA secret without namespace":  {[]string{"--ca-secret=agentmesh-ca"}, `invalid value "agentmesh-ca" for flag -ca-secret: want namespace/name`},
 		"CA secret bad namespace":      {[]string{"--ca-secret=Bad_NS/ca"}, `flag -ca-secret: namespace "Bad_NS"`},
 		"CA secret bad name":           {[]string{"--ca-secret=ns/Bad_Name"}, `flag -ca-secret: name "Bad_Name"`},
+		"emergency deadline too short": {[]string{"--ca-emergency-deadline=30s"}, "invalid value 30s for flag -ca-emergency-deadline: must be at least 1m"},
 		"qps zero":                     {[]string{"--kube-api-qps=0"}, "invalid value 0 for flag -kube-api-qps: must be greater than 0"},
 		"qps not a number":             {[]string{"--kube-api-qps=fast"}, `invalid value "fast" for flag -kube-api-qps`},
 		"burst below qps":              {[]string{"--kube-api-qps=100", "--kube-api-burst=10"}, "invalid value 10 for flag -kube-api-burst: must be at least -kube-api-qps (100)"},

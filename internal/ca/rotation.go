@@ -65,6 +65,14 @@ type Rotation struct {
 	// Compromised: the previous CA must stop being trusted as soon as
 	// every identity is reissued, and reissuing is not rate-limited.
 	Compromised bool `json:"compromised,omitempty"`
+	// ActivateBy and DeadlineAt bound a Compromised rotation: by
+	// ActivateBy (half-way) the next CA signs even if some bundles do not
+	// hold it, and at DeadlineAt the previous one leaves the bundles
+	// whatever is left on it. Both are set when the rotation becomes
+	// Compromised, from the policy's EmergencyDeadline, so a restarted
+	// operator keeps them.
+	ActivateBy *time.Time `json:"activateBy,omitempty"`
+	DeadlineAt *time.Time `json:"deadlineAt,omitempty"`
 	// NextManaged: the next CA was created by the operator.
 	NextManaged bool `json:"nextManaged,omitempty"`
 	// PreparedAt: the next CA was published.
@@ -115,12 +123,34 @@ type RotationPolicy struct {
 	Grace time.Duration
 	// Lifetime of a CA the operator creates.
 	Lifetime time.Duration
+	// EmergencyDeadline bounds an emergency (compromised) rotation, from the
+	// moment it is asked for: half-way, the next CA signs even if some
+	// bundles do not hold it yet; at the end, the compromised CA leaves the
+	// bundles even if some leaves are still on it (those are refused until
+	// they are reissued, or refreshed by the kubelet). 0 means
+	// DefaultEmergencyDeadline.
+	EmergencyDeadline time.Duration
+}
+
+// DefaultEmergencyDeadline is the bound of an emergency rotation when the
+// policy names none: long enough for the kubelet to deliver the next CA to
+// every Pod and the operator to reissue every Secret (two graces and a few
+// minutes of issuing at 10,000 identities), short enough that a
+// compromised CA is trusted for minutes, not for the lifetime of its
+// longest-lived leaf.
+const DefaultEmergencyDeadline = 15 * time.Minute
+
+func (p RotationPolicy) emergencyDeadline() time.Duration {
+	if p.EmergencyDeadline > 0 {
+		return p.EmergencyDeadline
+	}
+	return DefaultEmergencyDeadline
 }
 
 // DefaultRotationPolicy prepares the next CA half-way through the active
 // one's life and gives the kubelet two minutes (its default sync period is
 // one) to update mounted bundles.
-var DefaultRotationPolicy = RotationPolicy{RotateAt: 0.5, Grace: 2 * time.Minute, Lifetime: DefaultLifetime}
+var DefaultRotationPolicy = RotationPolicy{RotateAt: 0.5, Grace: 2 * time.Minute, Lifetime: DefaultLifetime, EmergencyDeadline: DefaultEmergencyDeadline}
 
 // Progress is what the cluster says about a rotation; the CA status
 // ConfigMap shows it as is.
@@ -153,6 +183,8 @@ const MaxStrandedNames = 20
 type Event struct {
 	Reason  string
 	Message string
+	// Warning: something was left behind (an Event of type Warning).
+	Warning bool
 }
 
 // Step is the outcome of one rotation step: the new Secret data and
@@ -180,6 +212,10 @@ func NextRotation(st *State, managed bool, p RotationPolicy) (time.Time, bool) {
 //	Propagating --every bundle current, then Grace-->      Reissuing   (next CA signs)
 //	Reissuing   --every leaf on the active CA, then Grace,
 //	              or every other leaf expired-->          Stable      (old anchors dropped)
+//
+// An emergency rotation skips the second grace and is bounded
+// (RotationPolicy.EmergencyDeadline): half-way the next CA signs, at the
+// end the compromised one is dropped, whatever is left behind.
 //
 // Every step is one write of the CA Secret and depends only on the Secret
 // and the cluster, so an operator restarted in any phase continues where it
@@ -255,6 +291,10 @@ func (r *rotationPlan) event(reason, message string) {
 	r.out.Events = append(r.out.Events, Event{Reason: reason, Message: message})
 }
 
+func (r *rotationPlan) warn(reason, message string) {
+	r.out.Events = append(r.out.Events, Event{Reason: reason, Message: message, Warning: true})
+}
+
 // startedBy is why a Stable CA starts rotating, or "".
 func (r *rotationPlan) startedBy() string {
 	switch {
@@ -291,6 +331,9 @@ func (r *rotationPlan) start() (outcome, error) {
 	next := st.Next
 	r.rot = Rotation{Phase: PhasePropagating, Reason: reason, Compromised: reason == RotationCompromised,
 		PreparedAt: ptrTime(r.now), Previous: st.Active.SerialHex()}
+	if r.rot.Compromised {
+		r.bound(r.now)
+	}
 	if next == nil {
 		a, err := Generate(GenerateOptions{TrustDomain: st.TrustDomain, Lifetime: r.pol.Lifetime, Now: r.now, Rand: rand.Reader})
 		if err != nil {
@@ -319,9 +362,37 @@ func (r *rotationPlan) escalate(message string) bool {
 		return false
 	}
 	r.rot.Compromised, r.rot.Reason = true, RotationCompromised
+	r.bound(r.now)
 	delete(r.out.Annotations, AnnotationRotate)
-	r.event(mtlsv1alpha1.EventRotationEscalated, message)
+	r.event(mtlsv1alpha1.EventRotationEscalated, message+", by "+r.rot.DeadlineAt.Format(time.RFC3339)+" at the latest")
 	return true
+}
+
+// bound sets the deadlines of a compromised rotation asked for at t.
+func (r *rotationPlan) bound(t time.Time) {
+	d := r.pol.emergencyDeadline()
+	r.rot.ActivateBy, r.rot.DeadlineAt = ptrTime(t.Add(d/2)), ptrTime(t.Add(d))
+}
+
+// overdue says whether a compromised rotation has passed the deadline
+// (ActivateBy when activating, else DeadlineAt). A rotation recorded
+// before deadlines existed is bounded from when it was prepared.
+func (r *rotationPlan) overdue(activating bool) bool {
+	if !r.rot.Compromised {
+		return false
+	}
+	if r.rot.DeadlineAt == nil || r.rot.ActivateBy == nil {
+		from := r.now
+		if r.rot.PreparedAt != nil {
+			from = *r.rot.PreparedAt
+		}
+		r.bound(from)
+	}
+	at := r.rot.DeadlineAt
+	if activating {
+		at = r.rot.ActivateBy
+	}
+	return !r.now.Before(*at)
 }
 
 // propagate waits for every bundle to hold the next CA and then for the
@@ -337,6 +408,16 @@ func (r *rotationPlan) propagate() outcome {
 		r.event(mtlsv1alpha1.EventRotationAbandoned, "next.crt was removed: the rotation is abandoned")
 		return advance
 	}
+	if r.overdue(true) {
+		if p.BundlesCurrent < p.Bundles {
+			r.warn(mtlsv1alpha1.EventEmergencyDeadlineReached, fmt.Sprintf(
+				"the emergency rotation could not wait past %s: CA %s signs now although %d of %d trust bundles do not hold it yet; "+
+					"peers reading those refuse the new certificates until their bundle is updated; CA %s leaves the bundles at %s",
+				r.rot.ActivateBy.Format(time.RFC3339), st.Next.SerialHex(), p.Bundles-p.BundlesCurrent, p.Bundles,
+				st.Active.SerialHex(), r.rot.DeadlineAt.Format(time.RFC3339)))
+		}
+		return r.activate()
+	}
 	if p.BundlesCurrent < p.Bundles {
 		return wait
 	}
@@ -349,6 +430,12 @@ func (r *rotationPlan) propagate() outcome {
 	if r.now.Before(r.rot.PropagatedAt.Add(r.pol.Grace)) {
 		return wait
 	}
+	return r.activate()
+}
+
+// activate makes the next CA the signer; the previous one stays trusted.
+func (r *rotationPlan) activate() outcome {
+	st, p := r.st, r.progress
 	data := r.out.Data
 	nextAnchors := anchorsOf(data, st.Next)
 	data[SecretCertKey], data[SecretKeyKey] = data[NextCertKey], data[NextKeyKey]
@@ -376,6 +463,13 @@ func (r *rotationPlan) retire() outcome {
 		return advance
 	}
 	expired := !p.OthersExpireAt.IsZero() && !r.now.Before(p.OthersExpireAt)
+	if r.overdue(false) && !expired && p.IdentitiesOnActive < p.Identities {
+		r.warn(mtlsv1alpha1.EventEmergencyDeadlineReached, fmt.Sprintf(
+			"the emergency rotation's deadline %s has passed: %s leaves the trust bundles although %d of %d identities are still on it; "+
+				"their certificates are refused until they are reissued (Secret delivery: now) or refreshed by the kubelet (PodCertificate delivery: at their beginRefreshAt)",
+			r.rot.DeadlineAt.Format(time.RFC3339), plural(retiredSerials(st), "retired anchor"), p.Identities-p.IdentitiesOnActive, p.Identities))
+		expired = true
+	}
 	if !expired && p.IdentitiesOnActive < p.Identities {
 		return wait
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"maps"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -265,5 +266,70 @@ func TestManualRotationOfAUserCAIsRefused(t *testing.T) {
 	st, evs := s.step(t0, Progress{})
 	if st.Rotation.Phase != PhaseStable || st.Next != nil || eventReasons(evs)[0] != "RotationRefused" || s.ann[AnnotationRotate] != "" {
 		t.Fatalf("user CA rotated by hand: %+v %v", st.Rotation, evs)
+	}
+}
+
+// TestEmergencyRotationHasADeadline: a bundle that never takes the next CA
+// and a leaf that is never reissued hold an emergency rotation only until
+// its deadline; a scheduled rotation has none and keeps waiting.
+func TestEmergencyRotationHasADeadline(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := newManagedCA(t, t0, 100*time.Hour)
+	s.pol.EmergencyDeadline = 10 * time.Minute
+	compromised := s.load(t0).Active.Cert
+	s.ann[AnnotationRotate] = RotateCompromised
+	// One bundle is never updated, one leaf (a PodCertificate the kubelet
+	// refreshes late) stays on the compromised CA for 30 days.
+	stuck := Progress{Bundles: 2, BundlesCurrent: 1, Identities: 2, IdentitiesOnActive: 0, OthersExpireAt: t0.Add(30 * 24 * time.Hour)}
+	st, _ := s.step(t0, stuck)
+	if st.Rotation.DeadlineAt == nil || !st.Rotation.DeadlineAt.Equal(t0.Add(10*time.Minute)) ||
+		st.Rotation.ActivateBy == nil || !st.Rotation.ActivateBy.Equal(t0.Add(5*time.Minute)) {
+		t.Fatalf("activate by %v, deadline %v, want %s and %s", st.Rotation.ActivateBy, st.Rotation.DeadlineAt, t0.Add(5*time.Minute), t0.Add(10*time.Minute))
+	}
+	if st, _ := s.step(t0.Add(4*time.Minute), stuck); st.Rotation.Phase != PhasePropagating || !st.Active.Cert.Equal(compromised) {
+		t.Fatalf("before half-way the next CA must wait for the bundles: %s", st.Rotation.Phase)
+	}
+	st, evs := s.step(t0.Add(5*time.Minute), stuck)
+	if st.Rotation.Phase != PhaseReissuing || st.Active.Cert.Equal(compromised) {
+		t.Fatalf("half-way the next CA must sign: %s", st.Rotation.Phase)
+	}
+	if len(evs) == 0 || evs[0].Reason != "EmergencyDeadlineReached" || !evs[0].Warning || !strings.Contains(evs[0].Message, "1 of 2 trust bundles") {
+		t.Fatalf("events at activation: %+v", evs)
+	}
+	if st, _ := s.step(t0.Add(9*time.Minute), stuck); !containsCert(st.Anchors, compromised) || st.Rotation.Phase != PhaseReissuing {
+		t.Fatal("the compromised CA left the bundles before the deadline")
+	}
+	st, evs = s.step(t0.Add(10*time.Minute), Progress{Bundles: 2, BundlesCurrent: 1, Identities: 2, IdentitiesOnActive: 1, OthersExpireAt: t0.Add(30 * 24 * time.Hour)})
+	if st.Rotation.Phase != PhaseStable || containsCert(st.Anchors, compromised) {
+		t.Fatalf("past the deadline the compromised CA must leave the bundles: %s, %d anchors", st.Rotation.Phase, len(st.Anchors))
+	}
+	if len(evs) != 2 || evs[0].Reason != "EmergencyDeadlineReached" || !strings.Contains(evs[0].Message, "1 of 2 identities are still on it") || evs[1].Reason != "CARetired" {
+		t.Fatalf("events at retirement: %+v", evs)
+	}
+
+	// A scheduled rotation is not bounded: it waits for the last leaf.
+	s = newManagedCA(t, t0, 100*time.Hour)
+	s.pol.EmergencyDeadline = 10 * time.Minute
+	s.ann[AnnotationRotate] = RotateNow
+	if st, _ := s.step(t0, stuck); st.Rotation.DeadlineAt != nil {
+		t.Fatalf("a manual rotation got a deadline: %v", st.Rotation.DeadlineAt)
+	}
+	if st, _ := s.step(t0.Add(time.Hour), stuck); st.Rotation.Phase != PhasePropagating {
+		t.Fatalf("a manual rotation went on without a bundle: %s", st.Rotation.Phase)
+	}
+}
+
+// TestEscalationSetsTheDeadline: rotate-ca=compromised during a scheduled
+// rotation bounds it from that moment.
+func TestEscalationSetsTheDeadline(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := newManagedCA(t, t0, 100*time.Hour)
+	s.ann[AnnotationRotate] = RotateNow
+	s.step(t0, Progress{Bundles: 1})
+	s.ann[AnnotationRotate] = RotateCompromised
+	st, evs := s.step(t0.Add(time.Hour), Progress{Bundles: 1})
+	want := t0.Add(time.Hour + DefaultEmergencyDeadline)
+	if st.Rotation.DeadlineAt == nil || !st.Rotation.DeadlineAt.Equal(want) || !strings.Contains(evs[0].Message, want.Format(time.RFC3339)) {
+		t.Fatalf("deadline %v (events %+v), want %s", st.Rotation.DeadlineAt, evs, want)
 	}
 }

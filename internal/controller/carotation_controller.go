@@ -66,9 +66,12 @@ type CARotationReconciler struct {
 
 // RotationStatus is what agentmesh-ca-status shows.
 type RotationStatus struct {
-	Phase        ca.Phase    `json:"phase"`
-	Reason       string      `json:"reason,omitempty"`
-	Compromised  bool        `json:"compromised,omitempty"`
+	Phase       ca.Phase `json:"phase"`
+	Reason      string   `json:"reason,omitempty"`
+	Compromised bool     `json:"compromised,omitempty"`
+	// Deadline of an emergency rotation: by then the compromised CA has
+	// left the bundles, whatever is still on it.
+	Deadline     string      `json:"deadline,omitempty"`
 	Active       CAInfo      `json:"active"`
 	Next         *CAInfo     `json:"next,omitempty"`
 	Retired      []CAInfo    `json:"retired,omitempty"`
@@ -122,7 +125,11 @@ func (r *CARotationReconciler) Reconcile(ctx context.Context, _ reconcile.Reques
 		}
 		for _, e := range step.Events {
 			log.Info("CA rotation", "step", e.Reason, "detail", e.Message)
-			r.Recorder.Eventf(upd, nil, corev1.EventTypeNormal, e.Reason, "Rotate", "%s", e.Message)
+			kind := corev1.EventTypeNormal
+			if e.Warning {
+				kind = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(upd, nil, kind, e.Reason, "Rotate", "%s", e.Message)
 		}
 		if st, err = ca.Load(upd.Data, upd.Annotations, r.TrustDomain, now); err != nil {
 			return ctrl.Result{}, err
@@ -337,6 +344,9 @@ func (r *CARotationReconciler) status(st *ca.State, m ca.Progress, managed bool)
 		Phase: st.Rotation.Phase, Reason: st.Rotation.Reason, Compromised: st.Rotation.Compromised,
 		Active:   info(st.Active),
 		Progress: m,
+	}
+	if d := st.Rotation.DeadlineAt; d != nil && st.Rotation.Compromised {
+		s.Deadline = d.UTC().Format(time.RFC3339)
 	}
 	if st.Next != nil {
 		n := info(st.Next)

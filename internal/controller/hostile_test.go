@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
@@ -19,6 +21,7 @@ import (
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/controller"
+	"github.com/agentmesh/agentmesh/internal/identity"
 	"github.com/agentmesh/agentmesh/internal/operator"
 	"github.com/agentmesh/agentmesh/test/cluster"
 )
@@ -252,4 +255,127 @@ func TestDNSNamesAreScoped(t *testing.T) {
 	if after := getSecret(t, ns, "ok-tls"); string(after.Data["tls.crt"]) != string(before.Data["tls.crt"]) {
 		t.Error("the certificate in place was replaced")
 	}
+}
+
+// TestEmergencyRotationEndsAtItsDeadline: a Pod certificate of the
+// compromised CA, which the signer cannot reissue (the kubelet comes back
+// at its beginRefreshAt), would keep the compromised CA trusted until it
+// expires. The deadline bounds it: half-way the next CA signs, at the end
+// the compromised CA leaves the bundles, a Warning Event says what was left
+// behind, and a Pod certificate issued while the compromised CA still
+// signed asks the kubelet back as early as the API server allows.
+func TestEmergencyRotationEndsAtItsDeadline(t *testing.T) {
+	c := cluster.ForTest(t, cluster.Options{})
+	cl := c.NewClient(t)
+	ctx := context.Background()
+	cluster.CreateNamespaces(t, cl, operatorNamespace, "tenant")
+	const deadline = 20 * time.Second
+	op := cluster.StartOperator(t, c.Config, operator.Config{
+		TrustDomain: td, CASecret: caSecret, Clock: clock.RealClock{},
+		// A grace far longer than the deadline: only the deadline can move
+		// this rotation on.
+		Rotation:    ca.RotationPolicy{Grace: time.Hour, Lifetime: 365 * 24 * time.Hour, EmergencyDeadline: deadline},
+		ReissueRate: 100,
+	}, ctrl.Options{})
+	if err := op.AwaitCA(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "edge"}}); err != nil {
+		t.Fatal(err)
+	}
+	id := podCertIdentity("tenant", "edge", 24*time.Hour)
+	if err := cl.Create(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	k := newKubeletOn(t, cl)
+	pod := k.pod("tenant", "edge-0", "edge", "edge")
+	before := k.request(pod, newKey(t))
+	if !meta.IsStatusConditionTrue(before.Status.Conditions, certv1.PodCertificateRequestConditionTypeIssued) {
+		t.Fatalf("no certificate before the rotation: %+v", before.Status.Conditions)
+	}
+	if d := before.Status.BeginRefreshAt.Sub(before.Status.NotBefore.Time); d < time.Hour {
+		t.Fatalf("beginRefreshAt %s after notBefore before any rotation, want the renewal rule's hours", d)
+	}
+	compromised, err := op.CA.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	sec := &corev1.Secret{}
+	if err := cl.Get(ctx, caSecret, sec); err != nil {
+		t.Fatal(err)
+	}
+	sec.Annotations[ca.AnnotationRotate] = ca.RotateCompromised
+	if err := cl.Update(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	asked := time.Now()
+	status := func() controller.RotationStatus {
+		cm := &corev1.ConfigMap{}
+		var s controller.RotationStatus
+		if err := cl.Get(ctx, types.NamespacedName{Namespace: operatorNamespace, Name: controller.CAStatusConfigMapName}, cm); err == nil {
+			_ = json.Unmarshal([]byte(cm.Data["status.json"]), &s)
+		}
+		return s
+	}
+	cluster.Eventually(t, 10*time.Second, "the emergency rotation shows its deadline", func() error {
+		if s := status(); !s.Compromised || s.Deadline == "" || s.Phase != ca.PhasePropagating {
+			return fmt.Errorf("status %+v", s)
+		}
+		return nil
+	})
+
+	// While the compromised CA still signs, a new Pod certificate comes
+	// back for a refresh 10 minutes after its notBefore.
+	during := k.request(pod, newKey(t))
+	certs, err := ca.ParseCertificatesPEM([]byte(during.Status.CertificateChain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := op.CA.Get(); st.Rotation.Phase == ca.PhasePropagating && compromised.SignedByActive(certs[0]) {
+		if got := during.Status.BeginRefreshAt.Sub(during.Status.NotBefore.Time); got != identity.MinPodCertificateRefreshDelay {
+			t.Errorf("a Pod certificate of the compromised CA refreshes %s after its notBefore, want %s", got, identity.MinPodCertificateRefreshDelay)
+		}
+	} else {
+		t.Fatalf("the rotation moved on before the deadline (phase %s): the grace of an hour cannot have passed", st.Rotation.Phase)
+	}
+
+	cluster.Eventually(t, 2*deadline, "the emergency rotation ends at its deadline", func() error {
+		s := status()
+		if s.Phase != ca.PhaseStable || s.Active.Serial == compromised.Active.SerialHex() || len(s.Retired) != 0 {
+			return fmt.Errorf("phase %s, active %s, progress %+v", s.Phase, s.Active.Serial, s.Progress)
+		}
+		return nil
+	})
+	if took := time.Since(asked); took < deadline-time.Second {
+		t.Errorf("the compromised CA left after %s, before the deadline of %s, although a Pod certificate was still on it", took, deadline)
+	}
+	st, err := op.CA.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Trusts(certs[0], nil) {
+		t.Error("the CA still trusts the Pod certificate the compromised CA signed")
+	}
+	note := cluster.WaitEvent(t, cl, sec, "Secret", mtlsv1alpha1.EventEmergencyDeadlineReached, 10*time.Second)
+	if !strings.Contains(note, "1 of 1 identities are still on it") {
+		t.Errorf("EmergencyDeadlineReached event %q does not say what was left behind", note)
+	}
+	// The bundle the Pod reads no longer holds the compromised CA.
+	cluster.Eventually(t, 20*time.Second, "the trust ConfigMap drops the compromised CA", func() error {
+		cm := &corev1.ConfigMap{}
+		if err := cl.Get(ctx, types.NamespacedName{Namespace: "tenant", Name: id.TrustConfigMapName()}, cm); err != nil {
+			return err
+		}
+		anchors, err := ca.ParseCertificatesPEM([]byte(cm.Data[mtlsv1alpha1.TrustBundleKey]))
+		if err != nil {
+			return err
+		}
+		for _, a := range anchors {
+			if a.Equal(compromised.Active.Cert) {
+				return fmt.Errorf("bundle.pem still holds CA %s", compromised.Active.SerialHex())
+			}
+		}
+		return nil
+	})
 }

@@ -100,8 +100,9 @@ func (r *PodCertificateSigner) Reconcile(ctx context.Context, req reconcile.Requ
 		r.Metrics.Failed(mtlsv1alpha1.ReasonIssuanceFailed)
 		return ctrl.Result{}, r.conclude(ctx, pcr, facts.Pod, certv1.PodCertificateRequestConditionTypeFailed, mtlsv1alpha1.ReasonIssuanceFailed, err.Error())
 	}
-	// The refresh follows the renewal rule and jitter of Secret delivery.
-	refresh := identity.RenewalFor(ireq, string(id.UID), leaf)
+	// The refresh follows the renewal rule and jitter of Secret delivery,
+	// and is as early as allowed while a compromised CA signs.
+	refresh := identity.PodCertificateRefresh(ireq, string(id.UID), leaf, st.Rotation)
 	pcr.Status.CertificateChain = string(ca.EncodeCertificatesPEM(append([]*x509.Certificate{leaf}, identity.ExpectedChain(st)...)...))
 	pcr.Status.NotBefore = ptrTime(leaf.NotBefore)
 	pcr.Status.NotAfter = ptrTime(leaf.NotAfter)

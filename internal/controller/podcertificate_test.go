@@ -35,14 +35,25 @@ import (
 // with it, the Pod, service account and node names and UIDs).
 type kubelet struct {
 	t    *testing.T
+	cl   client.Client
 	node *corev1.Node
 }
 
-func newKubelet(t *testing.T) *kubelet {
+func newKubelet(t *testing.T) *kubelet { return newKubeletOn(t, k8s) }
+
+// newKubeletOn plays the kubelet against another cluster's client.
+func newKubeletOn(t *testing.T, cl client.Client) *kubelet {
 	t.Helper()
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "node-"}}
-	create(t, node)
-	return &kubelet{t: t, node: node}
+	k := &kubelet{t: t, cl: cl, node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "node-"}}}
+	k.create(k.node)
+	return k
+}
+
+func (k *kubelet) create(o client.Object) {
+	k.t.Helper()
+	if err := k.cl.Create(context.Background(), o); err != nil {
+		k.t.Fatalf("creating %T %s: %v", o, o.GetName(), err)
+	}
 }
 
 // pod creates a Pod bound to this node.
@@ -59,7 +70,7 @@ func (k *kubelet) pod(ns, name, identityLabel, sa string) *corev1.Pod {
 		p.Labels = map[string]string{mtlsv1alpha1.LabelIdentity: identityLabel}
 		p.Annotations = map[string]string{mtlsv1alpha1.AnnotationInjected: "spiffe://cluster.local/ns/" + ns + "/agent/" + identityLabel}
 	}
-	create(k.t, p)
+	k.create(p)
 	return p
 }
 
@@ -67,7 +78,7 @@ func (k *kubelet) pod(ns, name, identityLabel, sa string) *corev1.Pod {
 func (k *kubelet) relabel(p *corev1.Pod, identityLabel string) *corev1.Pod {
 	k.t.Helper()
 	p.Labels[mtlsv1alpha1.LabelIdentity] = identityLabel
-	if err := k8s.Update(context.Background(), p); err != nil {
+	if err := k.cl.Update(context.Background(), p); err != nil {
 		k.t.Fatal(err)
 	}
 	return p
@@ -78,7 +89,7 @@ func (k *kubelet) relabel(p *corev1.Pod, identityLabel string) *corev1.Pod {
 func (k *kubelet) request(p *corev1.Pod, key crypto.Signer, mutate ...func(*certv1.PodCertificateRequestSpec)) *certv1.PodCertificateRequest {
 	k.t.Helper()
 	sa := &corev1.ServiceAccount{}
-	_ = k8s.Get(context.Background(), types.NamespacedName{Namespace: p.Namespace, Name: p.Spec.ServiceAccountName}, sa)
+	_ = k.cl.Get(context.Background(), types.NamespacedName{Namespace: p.Namespace, Name: p.Spec.ServiceAccountName}, sa)
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		k.t.Fatal(err)
@@ -97,9 +108,9 @@ func (k *kubelet) request(p *corev1.Pod, key crypto.Signer, mutate ...func(*cert
 	for _, m := range mutate {
 		m(&pcr.Spec)
 	}
-	create(k.t, pcr)
+	k.create(pcr)
 	cluster.Eventually(k.t, 10*time.Second, "a decision on "+pcr.Name, func() error {
-		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pcr), pcr); err != nil {
+		if err := k.cl.Get(context.Background(), client.ObjectKeyFromObject(pcr), pcr); err != nil {
 			return err
 		}
 		if len(pcr.Status.Conditions) == 0 {

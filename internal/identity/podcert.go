@@ -16,6 +16,7 @@ import (
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/agentid"
+	"github.com/agentmesh/agentmesh/internal/ca"
 )
 
 // Bounds the API server puts on a PodCertificateRequest's lifetime.
@@ -23,6 +24,24 @@ const (
 	MinPodCertificateLifetime = time.Hour
 	MaxPodCertificateLifetime = 7862400 * time.Second // 91 days
 )
+
+// MinPodCertificateRefreshDelay is how soon after a leaf's notBefore the API
+// server lets its beginRefreshAt be (and so the kubelet refresh it).
+const MinPodCertificateRefreshDelay = 10 * time.Minute
+
+// PodCertificateRefresh is the beginRefreshAt of a Pod certificate: the
+// renewal rule of Secret delivery, except while a compromised CA is still
+// signing (an emergency rotation before the next CA takes over), when it is
+// the earliest the API server allows, so that the kubelet comes back for a
+// certificate of the next CA as soon as it can instead of keeping one the
+// emergency rotation will stop trusting.
+func PodCertificateRefresh(req Request, uid string, leaf *x509.Certificate, rot ca.Rotation) time.Time {
+	refresh := RenewalFor(req, uid, leaf)
+	if earliest := leaf.NotBefore.Add(MinPodCertificateRefreshDelay); rot.Compromised && rot.Phase == ca.PhasePropagating && earliest.Before(refresh) {
+		refresh = earliest
+	}
+	return refresh
+}
 
 // PodCertificateKeyType is the kubelet key type (podCertificate projection
 // keyType) for the identity's key: ECDSAP256, ECDSAP384, ED25519, RSA3072

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
 )
 
 func stubCSR(t *testing.T, key crypto.Signer) []byte {
@@ -147,5 +149,32 @@ func TestPodCertificateLifetimeAndKeyTypes(t *testing.T) {
 	})
 	if _, err := NewRequest(td, bad); err == nil || !strings.Contains(err.Error(), "3072 and 4096 bits only") {
 		t.Errorf("RSA 2048 in PodCertificate mode: %v", err)
+	}
+}
+
+// TestPodCertificateRefreshDuringAnEmergency: while a compromised CA still
+// signs, the kubelet is sent back for a new certificate as soon as the API
+// server allows; at any other time the renewal rule applies.
+func TestPodCertificateRefreshDuringAnEmergency(t *testing.T) {
+	r := request(t, identityObj("w", func(s *mtlsv1alpha1.AgentIdentitySpec) { s.Duration = &metav1.Duration{Duration: 24 * time.Hour} }))
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: nb, NotAfter: nb.Add(24 * time.Hour)}
+	normal := RenewalFor(r, "uid-w", leaf)
+	for _, tc := range []struct {
+		name string
+		rot  ca.Rotation
+		want time.Time
+	}{
+		{"stable", ca.Rotation{Phase: ca.PhaseStable}, normal},
+		{"scheduled rotation, propagating", ca.Rotation{Phase: ca.PhasePropagating}, normal},
+		{"emergency, compromised CA still signs", ca.Rotation{Phase: ca.PhasePropagating, Compromised: true}, nb.Add(10 * time.Minute)},
+		{"emergency, next CA signs", ca.Rotation{Phase: ca.PhaseReissuing, Compromised: true}, normal},
+	} {
+		if got := PodCertificateRefresh(r, "uid-w", leaf, tc.rot); !got.Equal(tc.want) {
+			t.Errorf("%s: beginRefreshAt %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	if !normal.After(nb.Add(10 * time.Minute)) {
+		t.Fatalf("the renewal rule gives %s, which leaves the emergency case untested", normal)
 	}
 }

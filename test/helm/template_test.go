@@ -37,6 +37,7 @@ caLifetime: 2160h
 caRotation:
   rotateAt: 0.8
   propagationGrace: 5m
+  emergencyDeadline: 30m
   reissueRate: 5
 defaultPolicy: deny
 dnsNames:
@@ -124,6 +125,7 @@ func TestTemplateDefaults(t *testing.T) {
 		"--ca-lifetime=8760h",
 		"--ca-rotate-at=0.5",
 		"--ca-propagation-grace=2m",
+		"--ca-emergency-deadline=15m",
 		"--ca-reissue-rate=20",
 		"--default-policy=allow-authenticated",
 		"--cluster-domain=cluster.local",
@@ -225,6 +227,7 @@ func TestTemplateOtherValues(t *testing.T) {
 		"--ca-lifetime=2160h",
 		"--ca-rotate-at=0.8",
 		"--ca-propagation-grace=5m",
+		"--ca-emergency-deadline=30m",
 		"--ca-reissue-rate=5",
 		"--default-policy=deny",
 		"--cluster-domain=k8s.internal",
