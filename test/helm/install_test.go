@@ -120,7 +120,7 @@ func TestInstall(t *testing.T) {
 	t.Logf("chart installed after %s", time.Since(start).Round(time.Millisecond))
 
 	t.Run("RBAC of the chart's ServiceAccount", func(t *testing.T) {
-		checkRBAC(t, cs, releaseNamespace, release, "agentmesh")
+		checkRBAC(t, cs, releaseNamespace, release, "agentmesh", trustDomain)
 	})
 
 	dep := &appsv1.Deployment{}
@@ -386,7 +386,7 @@ func TestInstall(t *testing.T) {
 		if *d.Spec.Replicas != 2 || !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--ca-secret=agentmesh-system/agentmesh-ca") {
 			t.Errorf("Deployment: replicas %d, args %q", *d.Spec.Replicas, d.Spec.Template.Spec.Containers[0].Args)
 		}
-		checkRBAC(t, cs, "agentmesh-system", "agentmesh", "agentmesh")
+		checkRBAC(t, cs, "agentmesh-system", "agentmesh", "agentmesh", "cluster.local")
 	})
 	t.Logf("done after %s", time.Since(start).Round(time.Millisecond))
 }
@@ -417,9 +417,13 @@ func (p permission) String() string {
 }
 
 // rbacTable is what the operator in namespace ns, with webhook
-// configurations named config, may and may not do. The user namespace is
-// agents.
-func rbacTable(ns, config string) []permission {
+// configurations named config and trust domain domain, may and may not do.
+// The user namespace is agents.
+func rbacTable(ns, config, domain string) []permission {
+	other := "cluster.local"
+	if domain == other {
+		other = "agents.example"
+	}
 	const (
 		core = ""
 		mtls = "mtls.agentmesh.dev"
@@ -462,7 +466,7 @@ func rbacTable(ns, config string) []permission {
 		{"sign", cert, "signers", "", "", signer, true},
 		{"attest", cert, "signers", "", "", signer, true},
 		{"create", cert, "clustertrustbundles", "", "", "", true},
-		{"update", cert, "clustertrustbundles", "", "", "agentmesh.dev:agent-identity:" + trustDomain, true},
+		{"update", cert, "clustertrustbundles", "", "", "agentmesh.dev:agent-identity:" + domain, true},
 		{"get", core, "nodes", "", "", "node-1", true},
 		{"get", core, "serviceaccounts", "", "agents", "worker", true},
 		// Secure metrics.
@@ -502,7 +506,7 @@ func rbacTable(ns, config string) []permission {
 		{"delete", cert, "clustertrustbundles", "", "", "", false},
 		// Only its own trust domain's ClusterTrustBundle is updated.
 		{"update", cert, "clustertrustbundles", "", "", "example.com:bundle", false},
-		{"update", cert, "clustertrustbundles", "", "", "agentmesh.dev:agent-identity:cluster.local", false},
+		{"update", cert, "clustertrustbundles", "", "", "agentmesh.dev:agent-identity:" + other, false},
 		// Nothing it never does: patches of Secrets, ConfigMaps and
 		// requests, status updates (it applies status), deleting
 		// ConfigMaps (owner references let the garbage collector do it).
@@ -525,11 +529,11 @@ func rbacTable(ns, config string) []permission {
 // checkRBAC asks the API server's authorizer, through SubjectAccessReviews,
 // whether the ServiceAccount ns/sa (with the groups its token carries) may
 // make each request of rbacTable.
-func checkRBAC(t *testing.T, cs kubernetes.Interface, ns, sa, config string) {
+func checkRBAC(t *testing.T, cs kubernetes.Interface, ns, sa, config, domain string) {
 	t.Helper()
 	user := "system:serviceaccount:" + ns + ":" + sa
 	groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"}
-	for _, p := range rbacTable(ns, config) {
+	for _, p := range rbacTable(ns, config, domain) {
 		want := "denied"
 		if p.allowed {
 			want = "allowed"
