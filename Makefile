@@ -75,8 +75,21 @@ verify: manifests generate ## Fail when generated files are stale or code is not
 	$(MAKE) vet lint
 
 .PHONY: test
-test: tools build images ## Run unit, integration and end-to-end tests against a real kube-apiserver, etcd and (as root) kubelet, built from source.
+test: tools build images ## Run unit, integration and end-to-end tests against a real kube-apiserver, etcd and (as root) kubelet, built from source, then every fuzz target for a few seconds.
 	go test -timeout 45m ./... $(GO_TEST_FLAGS)
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+# Fuzzing time per target for make fuzz; e.g. make fuzz FUZZTIME=10m FUZZ_FLAGS=-parallel=1.
+FUZZTIME ?= 60s
+FUZZ_FLAGS ?=
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target (func FuzzXxx) for FUZZTIME each (60s by default), one after the other.
+	FUZZTIME=$(FUZZTIME) FUZZ_FLAGS='$(FUZZ_FLAGS)' hack/fuzz.sh
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## Run every fuzz target for 3s (part of make test).
+	FUZZTIME=3s FUZZMINIMIZETIME=10x FUZZ_FLAGS='$(FUZZ_FLAGS)' hack/fuzz.sh
 
 .PHONY: bench
 bench: tools build ## Benchmark bin/manager against a local control plane (BENCH_N=10000 identities by default); table in bin/bench/results.md.

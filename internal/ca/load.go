@@ -82,6 +82,11 @@ func Load(data map[string][]byte, annotations map[string]string, td spiffeid.Tru
 	}
 
 	s := newState(td, active.Authority, anchors)
+	if n := len(s.bundlePEM); n > MaxBundlePEMSize || len(s.Anchors) > MaxBundleCertificates {
+		// The operator writes them into ca.crt and reads them back.
+		return nil, invalid("%s and %s hold %d trust anchors in %d bytes of PEM, over the limits of %d and %d bytes",
+			SecretTrustKey, NextTrustKey, len(s.Anchors), n, MaxBundleCertificates, MaxBundlePEMSize)
+	}
 	s.Rotation = rot
 	if err := s.verifyChains(active, SecretCertKey, anchorSource(data), now); err != nil {
 		return nil, err
@@ -148,8 +153,11 @@ func loadAuthority(data map[string][]byte, certKey, keyKey string, now time.Time
 	return &authority{Authority: &Authority{Cert: cert, Chain: chain, Signer: key}, top: certs[len(certs)-1]}, nil
 }
 
+// parseAnchors reads ca.crt or next-ca.crt under the bundle caps: the
+// operator writes the union of every anchor there during a rotation, which
+// may hold more certificates than a tls.crt may.
 func parseAnchors(b []byte, key string) ([]*x509.Certificate, error) {
-	anchors, err := ParseCertificatesPEM(b)
+	anchors, err := ParseBundlePEM(b)
 	if err != nil {
 		return nil, invalid("%s: %v", key, err)
 	}

@@ -533,7 +533,7 @@ func AdoptReplacement(st, previous *State, data map[string][]byte, annotations m
 // else the last certificate of next.crt (as Load reads them).
 func anchorsOf(data map[string][]byte, a *Authority) []*x509.Certificate {
 	if b := data[NextTrustKey]; len(b) > 0 {
-		if certs, err := ParseCertificatesPEM(b); err == nil {
+		if certs, err := ParseBundlePEM(b); err == nil {
 			return certs
 		}
 	}

@@ -169,7 +169,10 @@ func AuthorizePodCertificate(pcr *certv1.PodCertificateRequest, f PodCertificate
 	}
 	csr, err := x509.ParseCertificateRequest(spec.StubPKCS10Request)
 	if err != nil {
-		return deny(mtlsv1alpha1.PodCertificateBadRequest, "the stub PKCS#10 request does not parse: %v", err)
+		// Not the parser's detail: an ASN.1 structure error prints its
+		// field parameters, pointers included, so the same request would
+		// be denied with a different message each time.
+		return deny(mtlsv1alpha1.PodCertificateBadRequest, "the stub PKCS#10 request is not a DER-encoded PKCS#10 certificate request")
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return deny(mtlsv1alpha1.PodCertificateBadRequest, "the stub PKCS#10 request does not prove possession of its key: %v", err)

@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
+	"unicode"
 
 	"github.com/agentmesh/agentmesh/internal/ca"
 
@@ -81,7 +83,7 @@ func Render(eff *Effective, bundles map[string][]*x509.Certificate) (Output, err
 			}
 			fps = append(fps, fp)
 			written++
-			fmt.Fprintf(&b, "# trust domain: %s, subject: %s\n", td, c.Subject.String())
+			fmt.Fprintf(&b, "# trust domain: %s, subject: %s\n", td, commentSafe(c.Subject.String()))
 			b.Write(ca.EncodeCertificatesPEM(c))
 		}
 		eff.TrustDomains[td] = fps
@@ -95,6 +97,25 @@ func Render(eff *Effective, bundles map[string][]*x509.Certificate) (Output, err
 		return out, &TooLargeError{Size: n, Certificates: written}
 	}
 	return out, nil
+}
+
+// commentSafe keeps a subject on its comment line of bundle.pem: a control
+// character is written as a \u escape, since a newline in a federated CA's
+// subject (which whoever writes the bundle's ConfigMap chooses) would start
+// a line of its own, and with it a PEM block that every reader refuses.
+func commentSafe(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			fmt.Fprintf(&b, "\\u%04x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // TooLargeError says a trust ConfigMap would exceed MaxTrustDataSize or

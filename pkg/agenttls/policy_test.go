@@ -2,8 +2,10 @@ package agenttls_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -164,13 +166,22 @@ func TestDocumentedPolicies(t *testing.T) {
 	}
 }
 
+// FuzzParsePolicy: policy.json. Invariants: no panic; an error returns no
+// policy; what parses holds up its promises (prefixes end in "/", the own
+// ID is a valid SPIFFE ID); and written back as JSON it reads back
+// identically (nothing accepted is lost or reinterpreted on the way).
 func FuzzParsePolicy(f *testing.F) {
 	f.Add([]byte(validPolicy))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"version":"agentmesh.dev/policy/v1","ingress":{"prefixes":["spiffe://a/"]}}`))
+	f.Add([]byte(`{"version":"agentmesh.dev/policy/v1","spiffeID":"spiffe://cluster.local/ns/a/agent/b","trustDomain":"cluster.local",` +
+		`"ingress":{"mode":"Enforce","allowAll":true},"egress":{"mode":"Audit","prefixes":["spiffe://Cluster.local/"]}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := agenttls.ParsePolicy(b)
 		if err != nil {
+			if p != nil {
+				t.Fatalf("a policy with error %v", err)
+			}
 			return
 		}
 		// Whatever parses holds up its promises: prefixes end in "/" and
@@ -184,6 +195,17 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 		if _, err := spiffeid.FromString(p.SPIFFEID); err != nil {
 			t.Fatalf("spiffeID %q accepted", p.SPIFFEID)
+		}
+		out, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := agenttls.ParsePolicy(out)
+		if err != nil {
+			t.Fatalf("an accepted policy written back is refused: %v", err)
+		}
+		if !reflect.DeepEqual(p, again) {
+			t.Fatalf("an accepted policy reads back otherwise:\n%+v\n%+v", p, again)
 		}
 	})
 }
