@@ -3,7 +3,6 @@ package webhook
 import (
 	"fmt"
 	"path"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -219,11 +218,19 @@ func Inject(pod *corev1.Pod, t Target) (changed bool, err error) {
 			}
 		}
 		for _, want := range env {
-			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == want.Name })
+			// Every entry of the name counts: of duplicates, the kubelet
+			// uses the last one.
+			found, differs := false, false
+			for _, e := range c.Env {
+				if e.Name == want.Name {
+					found = true
+					differs = differs || !sameValue(want.Name, e.Value, want.Value) || e.ValueFrom != nil
+				}
+			}
 			switch {
-			case i < 0:
+			case !found:
 				p.needEnv = append(p.needEnv, want)
-			case !sameValue(want.Name, c.Env[i].Value, want.Value) || c.Env[i].ValueFrom != nil:
+			case differs:
 				conflicts = append(conflicts, fmt.Sprintf("container %q already sets %s", c.Name, want.Name))
 			}
 		}

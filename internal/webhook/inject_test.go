@@ -158,6 +158,11 @@ func TestInject(t *testing.T) {
 		{name: "an env var of the same name", target: target, pod: podWith(func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Env: []corev1.EnvVar{{Name: "AGENTMESH_CERT_FILE", Value: "/elsewhere"}}}}
 		}), wantErr: `container "init" already sets AGENTMESH_CERT_FILE`},
+		{name: "a duplicate env var after one of the same value", target: target, pod: podWith(func(p *corev1.Pod) {
+			// The kubelet uses the last of duplicates: the first must not
+			// hide it.
+			p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "AGENTMESH_CERT_FILE", Value: "/var/run/agentmesh/tls.crt"}, {Name: "AGENTMESH_CERT_FILE", Value: "/elsewhere"}}
+		}), wantErr: `container "agent" already sets AGENTMESH_CERT_FILE`},
 		{name: "several conflicts in one message", target: target, pod: podWith(func(p *corev1.Pod) {
 			p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "AGENTMESH_SPIFFE_ID", ValueFrom: &corev1.EnvVarSource{}}, {Name: "AGENTMESH_KEY_FILE", Value: "/k"}}
 		}), wantErr: `container "agent" already sets AGENTMESH_SPIFFE_ID; container "agent" already sets AGENTMESH_KEY_FILE`},
