@@ -197,6 +197,14 @@ type AgentIdentityStatus struct {
 	// +optional
 	TrustConfigMap string `json:"trustConfigMap,omitempty"`
 
+	// trustContentHash is the hash of the content agentmesh last put in the
+	// trust ConfigMap. While a policy error keeps that ConfigMap as it was,
+	// the operator checks it against this hash (which, unlike the
+	// ConfigMap, only agentmesh may write): content someone else changed is
+	// not kept.
+	// +optional
+	TrustContentHash string `json:"trustContentHash,omitempty"`
+
 	// podCertificates is how many unexpired certificates agentmesh issued to
 	// the identity's Pods through PodCertificateRequests (PodCertificate
 	// delivery only).

@@ -463,6 +463,37 @@ func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
 		waitMessage(t, &mtlsv1alpha1.AgentIdentity{}, types.NamespacedName{Namespace: ns, Name: name},
 			mtlsv1alpha1.ConditionPolicyResolved, mtlsv1alpha1.ReasonPolicyInvalid, "it cannot tell whom it governs, so it allows nothing")
 	}
+	// Only what agentmesh wrote is kept: someone who widens the kept
+	// policy.json, and fixes up its hash annotation, does not get it kept.
+	worker := &mtlsv1alpha1.AgentIdentity{}
+	if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "worker"}, worker); err != nil {
+		t.Fatal(err)
+	}
+	_, kept := effective(t, ns, "worker")
+	if got, want := worker.Status.TrustContentHash, (policy.Output{BundlePEM: []byte(kept.Data["bundle.pem"]), PolicyJSON: []byte(kept.Data["policy.json"])}).ContentHash(); got != want {
+		t.Fatalf("status.trustContentHash %q, want the kept content's %q", got, want)
+	}
+	doc := map[string]any{}
+	if err := json.Unmarshal([]byte(kept.Data["policy.json"]), &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["ingress"].(map[string]any)["allowAll"] = true
+	raw, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	widened := string(raw)
+	kept.Data["policy.json"] = widened
+	kept.Annotations[mtlsv1alpha1.AnnotationContentHash] = (policy.Output{BundlePEM: []byte(kept.Data["bundle.pem"]), PolicyJSON: []byte(widened)}).ContentHash()
+	if err := k8s.Update(context.Background(), kept); err != nil {
+		t.Fatal(err)
+	}
+	waitEffective(t, ns, "worker", "the widened kept policy resolved again: ingress denied", func(e *policy.Effective) error {
+		if in := e.Ingress; !slices.Equal(in.Policies, []string{"worker-ingress"}) || in.AllowAll || len(in.SPIFFEIDs) > 0 || len(in.Prefixes) > 0 {
+			return fmt.Errorf("ingress %+v", in)
+		}
+		return nil
+	})
 	// Fixing the policy resumes compilation.
 	if err := k8s.Get(context.Background(), nn, p); err != nil {
 		t.Fatal(err)

@@ -42,9 +42,10 @@ func certificateStatus(st *mtlsv1alpha1.AgentIdentityStatus) *mtlsv1alpha1.Agent
 // trustStatus is the trust reconciler's part of st.
 func trustStatus(st *mtlsv1alpha1.AgentIdentityStatus) *mtlsv1alpha1.AgentIdentityStatus {
 	return &mtlsv1alpha1.AgentIdentityStatus{
-		TrustConfigMap: st.TrustConfigMap,
-		Policies:       slices.Clone(st.Policies),
-		Conditions:     conditionsOf(st, mtlsv1alpha1.ConditionPolicyResolved),
+		TrustConfigMap:   st.TrustConfigMap,
+		TrustContentHash: st.TrustContentHash,
+		Policies:         slices.Clone(st.Policies),
+		Conditions:       conditionsOf(st, mtlsv1alpha1.ConditionPolicyResolved),
 	}
 }
 

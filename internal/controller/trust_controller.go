@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -107,9 +108,9 @@ func (r *TrustReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		// Nothing was written; what is in place stays until a pass succeeds.
 		return ctrl.Result{}, err
 	}
-	s.id.Status.TrustConfigMap = ""
+	s.id.Status.TrustConfigMap, s.id.Status.TrustContentHash = "", ""
 	if trust.published {
-		s.id.Status.TrustConfigMap = s.id.TrustConfigMapName()
+		s.id.Status.TrustConfigMap, s.id.Status.TrustContentHash = s.id.TrustConfigMapName(), trust.hash
 	}
 	status := metav1.ConditionFalse
 	if trust.reason == mtlsv1alpha1.ReasonCompiled {
@@ -148,8 +149,9 @@ func (r *TrustReconciler) SetupWithManager(mgr ctrl.Manager) error {
 // trustResult is what the trust phase found, for the conditions.
 type trustResult struct {
 	// published is true when a trust ConfigMap is in place (current, or the
-	// last good one kept because of an error).
+	// last good one kept because of an error); hash is its content hash.
 	published bool
+	hash      string
 	reason    string
 	message   string
 }
@@ -168,14 +170,24 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 	}
 	// A policy that cannot tell whom it governs (invalid agentSelector) and
 	// governed this identity before freezes its last output: the identity
-	// neither loses nor gains what that policy said.
+	// neither loses nor gains what that policy said. Only what agentmesh
+	// wrote is kept: content changed by someone else is resolved afresh,
+	// under which the unparseable policy allows nothing.
 	if c, before := frozenBy(compiled, existing); c != nil {
-		s.id.Status.Policies = before
-		if err := r.refreshAnchors(ctx, s, existing, previous); err != nil {
+		ours, err := r.keptIsOurs(ctx, s, existing, previous)
+		if err != nil {
 			return trustResult{}, err
 		}
-		return trustResult{published: true, reason: mtlsv1alpha1.ReasonPolicyInvalid,
-			message: fmt.Sprintf("AgentTrustPolicy %s cannot be compiled (%s); the last trust ConfigMap is kept", c.Name, c.ErrorMessage())}, nil
+		if ours {
+			s.id.Status.Policies = before
+			hash, err := r.refreshAnchors(ctx, s, existing, previous)
+			if err != nil {
+				return trustResult{}, err
+			}
+			return trustResult{published: true, hash: hash, reason: mtlsv1alpha1.ReasonPolicyInvalid,
+				message: fmt.Sprintf("AgentTrustPolicy %s cannot be compiled (%s); the last trust ConfigMap is kept", c.Name, c.ErrorMessage())}, nil
+		}
+		logf.FromContext(ctx).Info("the kept trust ConfigMap was changed by someone else: it is resolved again", "configMap", existing.Name)
 	}
 
 	world := &cacheWorld{ctx: ctx, c: r.Client}
@@ -202,13 +214,7 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 	out, err := policy.Render(eff, bundles)
 	var tooLarge *policy.TooLargeError
 	if errors.As(err, &tooLarge) {
-		if existing != nil {
-			if err := r.refreshAnchors(ctx, s, existing, previous); err != nil {
-				return trustResult{}, err
-			}
-		}
-		return trustResult{published: existing != nil, reason: mtlsv1alpha1.ReasonPolicyTooLarge,
-			message: err.Error() + "; the last trust ConfigMap is kept"}, nil
+		return r.keepTooLarge(ctx, s, existing, previous, err)
 	}
 	if err != nil {
 		return trustResult{}, err
@@ -216,7 +222,64 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 	if err := r.writeTrustConfigMap(ctx, s, existing, out, strings.Join(sel.keys, ",")); err != nil {
 		return trustResult{}, err
 	}
-	return trustResult{published: true, reason: sel.reason, message: sel.message(r.DefaultPosture)}, nil
+	return trustResult{published: true, hash: out.ContentHash(), reason: sel.reason, message: sel.message(r.DefaultPosture)}, nil
+}
+
+// keepTooLarge keeps the last trust ConfigMap when the current policy does
+// not fit in one. Content someone else changed is not kept: it is replaced
+// by a policy that allows nothing until the policy fits.
+func (r *TrustReconciler) keepTooLarge(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output, tooLarge error) (trustResult, error) {
+	res := trustResult{published: existing != nil, reason: mtlsv1alpha1.ReasonPolicyTooLarge, message: tooLarge.Error() + "; the last trust ConfigMap is kept"}
+	if existing == nil {
+		return res, nil
+	}
+	ours, err := r.keptIsOurs(ctx, s, existing, previous)
+	if err != nil {
+		return trustResult{}, err
+	}
+	if ours {
+		res.hash, err = r.refreshAnchors(ctx, s, existing, previous)
+		return res, err
+	}
+	deny, _ := policy.Resolve(policy.Input{
+		TrustDomain: r.TrustDomain, Default: policy.Deny,
+		Identity: policy.Identity{Namespace: s.id.Namespace, Name: s.id.Name, Labels: s.id.Labels},
+	})
+	out, err := policy.Render(deny, map[string][]*x509.Certificate{r.TrustDomain.Name(): s.ca.Anchors})
+	if err != nil {
+		return trustResult{}, err
+	}
+	if err := r.writeTrustConfigMap(ctx, s, existing, out, ""); err != nil {
+		return trustResult{}, err
+	}
+	res.hash = out.ContentHash()
+	res.message = tooLarge.Error() + "; the last trust ConfigMap was changed by someone else, so it allows nothing until the policy fits"
+	return res, nil
+}
+
+// keptIsOurs says whether the trust ConfigMap in place holds what
+// agentmesh last wrote into it, by the hash in the identity's status (read
+// again from the API server when the cache's copy differs, which it may
+// just after a write). An identity whose status has no hash yet (written
+// by an earlier version) is checked against the ConfigMap's own hash
+// annotation.
+func (r *TrustReconciler) keptIsOurs(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output) (bool, error) {
+	if !holdsExactly(existing, previous) {
+		return false, nil
+	}
+	hash := previous.ContentHash()
+	recorded := s.id.Status.TrustContentHash
+	if recorded == "" {
+		return existing.Annotations[mtlsv1alpha1.AnnotationContentHash] == hash, nil
+	}
+	if recorded == hash {
+		return true, nil
+	}
+	live := &mtlsv1alpha1.AgentIdentity{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(s.id), live); err != nil {
+		return false, fmt.Errorf("reading AgentIdentity %s: %w", s.id.Name, err)
+	}
+	return live.Status.TrustContentHash == hash, nil
 }
 
 // currentTrust reads the identity's trust ConfigMap, nil when there is none
@@ -306,13 +369,14 @@ func (sel selection) message(posture policy.Posture) string {
 // refreshAnchors keeps a trust ConfigMap whose policy is frozen (kept
 // because of an error) current in one respect: the own trust domain's CAs,
 // which a CA rotation must be able to propagate whatever the policies say.
-func (r *TrustReconciler) refreshAnchors(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output) error {
+// It returns the content hash of what is in place afterwards.
+func (r *TrustReconciler) refreshAnchors(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output) (string, error) {
 	if existing.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == s.ca.BundleHash() {
-		return nil
+		return previous.ContentHash(), nil
 	}
 	eff := &policy.Effective{}
 	if err := json.Unmarshal(previous.PolicyJSON, eff); err != nil {
-		return fmt.Errorf("reading the kept policy.json of ConfigMap %s: %w", existing.Name, err)
+		return "", fmt.Errorf("reading the kept policy.json of ConfigMap %s: %w", existing.Name, err)
 	}
 	bundles := policy.PreviousBundles(previous)
 	if bundles == nil {
@@ -321,9 +385,9 @@ func (r *TrustReconciler) refreshAnchors(ctx context.Context, s *trustScope, exi
 	bundles[r.TrustDomain.Name()] = s.ca.Anchors
 	out, err := policy.Render(eff, bundles)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return r.writeTrustConfigMap(ctx, s, existing, out, existing.Annotations[mtlsv1alpha1.AnnotationPolicies])
+	return out.ContentHash(), r.writeTrustConfigMap(ctx, s, existing, out, existing.Annotations[mtlsv1alpha1.AnnotationPolicies])
 }
 
 // trustBundles collects the bundle of the own trust domain and of every
