@@ -2,8 +2,7 @@ package command
 
 import "github.com/spf13/cobra"
 
-func newExplainCommand(*Options) *cobra.Command { return &cobra.Command{Use: "explain", Hidden: true} }
-func newRenewCommand(*Options) *cobra.Command   { return &cobra.Command{Use: "renew", Hidden: true} }
+func newRenewCommand(*Options) *cobra.Command { return &cobra.Command{Use: "renew", Hidden: true} }
 func newRotateCACommand(*Options) *cobra.Command {
 	return &cobra.Command{Use: "rotate-ca", Hidden: true}
 }
