@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
+	"github.com/agentmesh/agentmesh/internal/ca"
 	"github.com/agentmesh/agentmesh/internal/cli/command"
 	"github.com/agentmesh/agentmesh/internal/logging"
 	"github.com/agentmesh/agentmesh/internal/operator"
@@ -93,6 +94,8 @@ func runSuite(m *testing.M) int {
 			Hosts:      []string{"agentmesh-webhook.agentmesh-system.svc", "127.0.0.1"},
 			ConfigName: "agentmesh",
 		},
+		// Rotations in seconds, for rotate-ca.
+		Rotation: ca.RotationPolicy{RotateAt: 0.5, Grace: 2 * time.Second, Lifetime: ca.DefaultLifetime},
 	}, ctrl.Options{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -108,6 +111,14 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	if err := running.AwaitWebhookCertificate(30 * time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// status reads agentmesh-ca-status, which the rotation controller
+	// writes just after the CA is loaded.
+	if err := cluster.Poll(ctx, 30*time.Second, "agentmesh-ca-status", func() error {
+		return k8s.Get(ctx, types.NamespacedName{Namespace: operatorNamespace, Name: "agentmesh-ca-status"}, &corev1.ConfigMap{})
+	}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -2,8 +2,5 @@ package command
 
 import "github.com/spf13/cobra"
 
-func newRenewCommand(*Options) *cobra.Command { return &cobra.Command{Use: "renew", Hidden: true} }
-func newRotateCACommand(*Options) *cobra.Command {
-	return &cobra.Command{Use: "rotate-ca", Hidden: true}
-}
+// newCheckCommand is not written yet.
 func newCheckCommand(*Options) *cobra.Command { return &cobra.Command{Use: "check", Hidden: true} }
