@@ -328,7 +328,7 @@ func (s *Summary) WriteHuman(w io.Writer) error {
 				[2]string{"Key type", c.KeyType},
 				[2]string{"URI SANs", strings.Join(c.URIs, ", ")},
 				[2]string{"DNS SANs", strings.Join(c.DNSNames, ", ")},
-				[2]string{"Issuer", joinNonEmpty(" ", c.Issuer, paren(c.CASerial))},
+				[2]string{"Issuer", joinNonEmpty(" ", c.Issuer, paren(prefixed("serial ", c.CASerial)))},
 				[2]string{"Chain", fmt.Sprintf("%d CA certificate(s) after the leaf", c.Chain)},
 				[2]string{"Key matches", keyMatch},
 				[2]string{"Matches status", match},
@@ -417,6 +417,13 @@ func fmtTime(t *time.Time) string {
 		return ""
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+func prefixed(p, s string) string {
+	if s == "" {
+		return ""
+	}
+	return p + s
 }
 
 func paren(s string) string {
