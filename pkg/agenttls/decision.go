@@ -11,11 +11,11 @@ import (
 type MatchKind string
 
 const (
-	// MatchAllowAll: the direction allows every peer that verifies.
+	// MatchAllowAll says the direction allows every peer that verifies.
 	MatchAllowAll MatchKind = "allowAll"
-	// MatchSPIFFEID: the peer's SPIFFE ID is listed exactly.
+	// MatchSPIFFEID says the peer's SPIFFE ID is listed exactly.
 	MatchSPIFFEID MatchKind = "spiffeID"
-	// MatchPrefix: the peer's SPIFFE ID starts with a listed prefix.
+	// MatchPrefix says the peer's SPIFFE ID starts with a listed prefix.
 	MatchPrefix MatchKind = "prefix"
 )
 
