@@ -38,8 +38,8 @@ func newRenewCommand(o *Options) *cobra.Command {
 		Use:   "identity NAME",
 		Short: "Reissue an identity's key and certificate now, ahead of its renewal time",
 		Long: "renew identity sets the annotation " + mtlsv1alpha1.AnnotationRenew + "=<time of the request> on the\n" +
-			"AgentIdentity; the operator issues a new key and certificate (condition reason " + mtlsv1alpha1.ReasonRenewRequested + ", the\n" +
-			"identity stays Ready) and removes the annotation. The command waits until the new certificate is in\n" +
+			"AgentIdentity; the operator issues a new key and certificate (a Reissued Event with reason " + mtlsv1alpha1.ReasonRenewRequested + ";\n" +
+			"the identity stays Ready) and removes the annotation. The command waits until the new certificate is in\n" +
 			"the status and Ready, printing progress on stderr, unless --no-wait.",
 		Aliases: []string{"aid", "agentidentity"},
 		Args:    cobra.ExactArgs(1),
