@@ -169,19 +169,8 @@ func (p *Policy) Rules(d Direction) *Rules {
 
 // Allows reports whether the rules allow a peer, whatever the mode.
 func (r *Rules) Allows(peer spiffeid.ID) bool {
-	if peer.IsZero() {
-		return false
-	}
-	id := peer.String()
-	if r.AllowAll || slices.Contains(r.SPIFFEIDs, id) {
-		return true
-	}
-	for _, p := range r.Prefixes {
-		if strings.HasPrefix(id, p) {
-			return true
-		}
-	}
-	return false
+	_, ok := r.Match(peer)
+	return ok
 }
 
 // Check returns nil when the rules of direction d allow peer, and a
