@@ -615,7 +615,7 @@ func (r *CertificateReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&certv1.PodCertificateRequest{}, handler.EnqueueRequestsFromMapFunc(identityOfPodCertificateRequest(c))).
 		WatchesRawSource(source.Channel(r.Keys.events, &handler.EnqueueRequestForObject{})).
 		WatchesRawSource(onSignal(caChanged, enqueueAllIdentities(c))).
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1), RateLimiter: retryLimiter()}).
 		Complete(r)
 }
 
