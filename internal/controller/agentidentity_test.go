@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -388,6 +389,62 @@ func TestSpecChanges(t *testing.T) {
 		return nil
 	})
 	parseSecret(t, getSecret(t, ns, "changer-cert"))
+}
+
+// A Secret written under a name the status never recorded (the operator
+// was killed between the Secret write and the status write, or the name
+// changed while the first status waited for the trust ConfigMap) is deleted
+// once the identity's Secret is under its new name, like a Secret of a
+// name the status recorded.
+func TestSecretOfUnrecordedNameIsRemoved(t *testing.T) {
+	ns := cluster.NewNamespace(t, k8s, "agents-")
+	stopOperator()
+	started := false
+	defer func() {
+		if !started {
+			if err := startOperator(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}()
+	id := newIdentity(ns, "mover", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "mover-a" })
+	create(t, id)
+	nn := client.ObjectKeyFromObject(id)
+	// What a run killed after writing the Secret of mover-a leaves: the
+	// Secret, labelled and owned as the operator writes it, and no status.
+	lost := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "mover-a", Labels: map[string]string{
+			mtlsv1alpha1.LabelManagedBy: mtlsv1alpha1.ManagedByValue, mtlsv1alpha1.LabelIdentity: id.Name,
+		}},
+		Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: nil, corev1.TLSPrivateKeyKey: nil},
+	}
+	if err := controllerutil.SetControllerReference(id, lost, k8s.Scheme()); err != nil {
+		t.Fatal(err)
+	}
+	create(t, lost)
+	update(t, nn, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "mover-b" })
+	if err := startOperator(); err != nil {
+		t.Fatal(err)
+	}
+	started = true
+	cluster.Eventually(t, 10*time.Second, "mover-b written, mover-a deleted", func() error {
+		got := &mtlsv1alpha1.AgentIdentity{}
+		if err := k8s.Get(context.Background(), nn, got); err != nil {
+			return err
+		}
+		if got.Status.SecretName != "mover-b" || !meta.IsStatusConditionTrue(got.Status.Conditions, mtlsv1alpha1.ConditionReady) {
+			return fmt.Errorf("status secretName %q, conditions %v", got.Status.SecretName, got.Status.Conditions)
+		}
+		switch err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "mover-a"}, &corev1.Secret{}); {
+		case err == nil:
+			return errors.New("the Secret of the unrecorded name is still there")
+		case !apierrors.IsNotFound(err):
+			return err
+		}
+		return nil
+	})
+	parseSecret(t, getSecret(t, ns, "mover-b"))
 }
 
 func TestBackoffGrowsOnRepeatedCAFailure(t *testing.T) {

@@ -565,24 +565,34 @@ func (r *CertificateReconciler) removeRenewRequest(ctx context.Context, s *certS
 	return fmt.Errorf("removing the served annotation %s: %w", mtlsv1alpha1.AnnotationRenew, err)
 }
 
-// removeOldSecret deletes the Secret of a previous spec.secretName once the
-// new one is in place, if it is ours.
+// removeOldSecret deletes the Secrets of previous spec.secretNames once the
+// new one is in place: every Secret in the cache that is ours for this
+// identity under another name. The status names the previous Secret, but
+// not when the name changed before the status recorded it: the first status
+// waits for the trust ConfigMap, and the operator may be killed between
+// writing a Secret and writing the status (test/faults). So the identity's
+// Secrets are looked up by its label whenever the name may have changed:
+// the status names another Secret, or names none although the spec changed
+// (generation above 1); a first issuance looks up nothing.
 func (r *CertificateReconciler) removeOldSecret(ctx context.Context, s *certScope) error {
-	old := s.original.Status.SecretName
-	if old == "" || old == s.id.EffectiveSecretName() {
+	current, old := s.id.EffectiveSecretName(), s.original.Status.SecretName
+	if old == current || (old == "" && s.id.Generation <= 1) {
 		return nil
 	}
-	sec := &corev1.Secret{}
-	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: old}, sec); err != nil {
-		return client.IgnoreNotFound(err)
+	list := &corev1.SecretList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(s.id.Namespace), client.MatchingLabels{mtlsv1alpha1.LabelIdentity: s.id.Name}); err != nil {
+		return fmt.Errorf("listing the Secrets of the identity: %w", err)
 	}
-	if !ownedBy(sec, s.id) {
-		return nil
+	for i := range list.Items {
+		sec := &list.Items[i]
+		if sec.Name == current || !ownedBy(sec, s.id) {
+			continue
+		}
+		if err := r.Client.Delete(ctx, sec, client.Preconditions{UID: &sec.UID}); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting the previous Secret %s: %w", sec.Name, err)
+		}
+		s.log.Info("deleted the Secret of a previous secretName", "secret", sec.Name)
 	}
-	if err := r.Client.Delete(ctx, sec, client.Preconditions{UID: &sec.UID}); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("deleting the previous Secret %s: %w", old, err)
-	}
-	s.log.Info("deleted the Secret of the previous secretName", "secret", old)
 	return nil
 }
 
