@@ -8,6 +8,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -62,8 +66,12 @@ type Cluster struct {
 	kcm       *process
 	scheduler *process
 	kcmDir    string
-	nodes     []*node
-	proxy     *serviceProxy
+	// apiCertDir holds the API server's serving certificate, service account
+	// keys and client CA: a directory of the cluster's own rather than
+	// envtest's, so that KillAPIServer and StartAPIServer keep them.
+	apiCertDir string
+	nodes      []*node
+	proxy      *serviceProxy
 	// serviceCIDR is the loopback Service IP range of a cluster with nodes.
 	serviceCIDR string
 }
@@ -172,14 +180,22 @@ func Start(opts Options) (*Cluster, error) {
 	for k, v := range opts.APIServerFlags {
 		api.Configure().Set(k, v)
 	}
+	// envtest removes a certificate directory it made itself when the API
+	// server stops, and a restart would then serve a new certificate.
+	certDir, err := os.MkdirTemp("", "agentmesh-apiserver-")
+	if err != nil {
+		return nil, err
+	}
+	api.CertDir = certDir
 	cfg, err := env.Start()
 	if err != nil {
 		_ = env.Stop()
+		_ = os.RemoveAll(certDir)
 		return nil, fmt.Errorf("cluster: starting the control plane: %w", err)
 	}
 	// Keep the client fast: tests and the dev cluster create many objects.
 	cfg.QPS, cfg.Burst = 500, 1000
-	c := &Cluster{Env: env, Config: cfg, Root: root, serviceCIDR: serviceCIDR}
+	c := &Cluster{Env: env, Config: cfg, Root: root, serviceCIDR: serviceCIDR, apiCertDir: certDir}
 	if opts.Node != nil {
 		if err := c.startServiceProxy(opts.Output); err != nil {
 			_ = c.Stop()
@@ -283,7 +299,78 @@ func (c *Cluster) Stop() error {
 	if c.kcmDir != "" {
 		_ = os.RemoveAll(c.kcmDir)
 	}
-	return c.Env.Stop()
+	err := c.Env.Stop()
+	if c.apiCertDir != "" {
+		_ = os.RemoveAll(c.apiCertDir)
+	}
+	return err
+}
+
+// KillAPIServer kills kube-apiserver with SIGKILL, as a crash or the loss
+// of its machine would: etcd, kube-controller-manager and every client keep
+// running and find nothing listening. (A SIGTERM is no clean cut: the API
+// server drains for up to a minute while clients hold watches.)
+// StartAPIServer starts it again.
+func (c *Cluster) KillAPIServer() error {
+	api := c.Env.ControlPlane.APIServer
+	pid, err := childProcess(api.Path)
+	if err != nil {
+		return fmt.Errorf("cluster: finding kube-apiserver: %w", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("cluster: killing kube-apiserver: %w", err)
+	}
+	// envtest sees the exit and has nothing left to stop.
+	if err := api.Stop(); err != nil {
+		return fmt.Errorf("cluster: after killing kube-apiserver: %w", err)
+	}
+	return nil
+}
+
+// childProcess is the pid of this process's child running the executable.
+func childProcess(exe string) (int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	if real, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = real
+	}
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so cut at the last ")".
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(stat[i+1:]))
+		if len(fields) < 2 || fields[1] != strconv.Itoa(self) {
+			continue
+		}
+		if target, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && target == exe {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no child process runs %s", exe)
+}
+
+// StartAPIServer starts kube-apiserver again after KillAPIServer, on the
+// same address and port, with the same serving certificate, client CA and
+// service account keys (so every kubeconfig and client keeps working) and
+// the same etcd, and returns once it is healthy.
+func (c *Cluster) StartAPIServer() error {
+	if err := c.Env.ControlPlane.APIServer.Start(); err != nil {
+		return fmt.Errorf("cluster: starting kube-apiserver again: %w", err)
+	}
+	return nil
 }
 
 // startServiceProxy starts the loopback Service proxy (see serviceProxy),
