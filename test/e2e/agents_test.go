@@ -21,10 +21,14 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/cli/command"
+	"github.com/agentmesh/agentmesh/internal/cli/explain"
+	"github.com/agentmesh/agentmesh/internal/cli/inspect"
 	"github.com/agentmesh/agentmesh/internal/controller"
 	"github.com/agentmesh/agentmesh/test/cluster"
 )
@@ -171,6 +175,31 @@ func TestEndToEnd(t *testing.T) {
 		want := "agentmesh: ingress policy of " + id("worker") + " does not allow " + id("outsider") + " (policies: worker-ingress)"
 		if log := logOf(t, podOf(t, "worker")); !strings.Contains(log, want) {
 			t.Errorf("the worker's log does not contain %q:\n%s", want, tail(log, 2000))
+		}
+	})
+
+	t.Run("kubectl agentmesh explains what the Pods saw", func(t *testing.T) {
+		// The verdicts agree with the handshakes the agents' Pods made on
+		// the node: the planner gets through, the outsider is refused.
+		for _, tc := range []struct {
+			from    string
+			allowed bool
+			code    int
+		}{{"planner", true, 0}, {"outsider", false, 1}} {
+			var v explain.Verdict
+			code, out := plugin(t, &v, "explain", tc.from, "worker", "-n", agentsNamespace, "-o", "json")
+			if code != tc.code || v.Allowed != tc.allowed || !v.Egress.Passes || v.Ingress.Passes != tc.allowed {
+				t.Errorf("explain %s worker: exit %d, allowed %v (egress %v, ingress %v), want exit %d and allowed %v\n%s",
+					tc.from, code, v.Allowed, v.Egress.Passes, v.Ingress.Passes, tc.code, tc.allowed, out)
+			}
+		}
+		var s inspect.Summary
+		code, out := plugin(t, &s, "inspect", "identity", "worker", "-n", agentsNamespace, "-o", "json")
+		pod := podOf(t, "worker")
+		if code != 0 || len(s.Pods) != 1 || s.Pods[0].Name != pod.Name || s.Pods[0].Phase != string(corev1.PodRunning) ||
+			s.Pods[0].Node != cluster.NodeName || s.Pods[0].Injected != id("worker") || s.KeyMatches == nil || !*s.KeyMatches {
+			t.Errorf("inspect identity worker: exit %d, pods %+v, key matches %v, want the running, injected Pod %s on %s\n%s",
+				code, s.Pods, s.KeyMatches, pod.Name, cluster.NodeName, out)
 		}
 	})
 
@@ -600,6 +629,21 @@ func handshake(port int, cert tls.Certificate) error {
 	buf := make([]byte, 64)
 	_, err = conn.Read(buf)
 	return err
+}
+
+// plugin runs kubectl-agentmesh against the cluster and decodes its JSON
+// output into v; it returns the exit code and the output.
+func plugin(t *testing.T, v any, args ...string) (int, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	code := command.Execute(ctx, genericiooptions.IOStreams{In: &bytes.Buffer{}, Out: &out, ErrOut: &errOut},
+		append([]string{"--kubeconfig", kubeconfig}, args...))
+	if err := json.Unmarshal(out.Bytes(), v); err != nil {
+		t.Fatalf("kubectl agentmesh %v: exit %d, output not JSON: %v\n%s%s", args, code, err, out.String(), errOut.String())
+	}
+	return code, out.String() + errOut.String()
 }
 
 func run(t *testing.T, name string, args ...string) string {
