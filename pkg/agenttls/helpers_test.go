@@ -30,6 +30,8 @@ var (
 	plannerID  = spiffeid.RequireFromString("spiffe://cluster.local/ns/agents/agent/planner")
 	outsiderID = spiffeid.RequireFromString("spiffe://cluster.local/ns/agents/agent/outsider")
 	auditorID  = spiffeid.RequireFromString("spiffe://partner.example/ns/ops/agent/auditor")
+
+	auditorLocal = spiffeid.RequireFromString("spiffe://cluster.local/ns/ops/agent/auditor")
 )
 
 // timeout bounds every wait of these tests.
