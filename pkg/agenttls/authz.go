@@ -132,9 +132,9 @@ func (a *Access) rules(p Protocol) []string {
 type Verdict string
 
 const (
-	// VerdictDenied: the request was refused (mode Enforce).
+	// VerdictDenied is a request that was refused (mode Enforce).
 	VerdictDenied Verdict = "denied"
-	// VerdictAudited: the request would have been refused and was let
+	// VerdictAudited is a request that would have been refused and was let
 	// through (mode Audit).
 	VerdictAudited Verdict = "audited"
 )
