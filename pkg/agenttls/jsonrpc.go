@@ -340,7 +340,8 @@ func filterList(msg []byte, match func(id json.RawMessage) bool, key, idField st
 	return b
 }
 
-// filterArray keeps the elements of obj[key] whose idField keep accepts.
+// filterArray keeps the elements of obj[key] whose idField ("name" or
+// "id") keep accepts; an element that does not parse is left out.
 func filterArray(obj json.RawMessage, key, idField string, keep func(string) bool) (json.RawMessage, bool) {
 	var o map[string]json.RawMessage
 	if err := json.Unmarshal(obj, &o); err != nil {
@@ -356,9 +357,18 @@ func filterArray(obj json.RawMessage, key, idField string, keep func(string) boo
 	}
 	kept := make([]json.RawMessage, 0, len(items))
 	for _, it := range items {
-		var fields map[string]json.RawMessage
-		var name string
-		if json.Unmarshal(it, &fields) == nil && json.Unmarshal(fields[idField], &name) == nil && keep(name) {
+		var item struct {
+			Name string `json:"name"`
+			ID   string `json:"id"`
+		}
+		if json.Unmarshal(it, &item) != nil {
+			continue
+		}
+		name := item.Name
+		if idField == "id" {
+			name = item.ID
+		}
+		if keep(name) {
 			kept = append(kept, it)
 		}
 	}

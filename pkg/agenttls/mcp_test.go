@@ -2,11 +2,13 @@ package agenttls_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -395,4 +397,89 @@ func TestGrantExpiryAtTheHandshake(t *testing.T) {
 		t.Fatal("the server accepted")
 	}
 	mustContain(t, r.err.Error(), "does not allow spiffe://cluster.local/ns/agents/agent/planner", "temp ingress[0] expired at 2026-12-04T19:00:00Z")
+}
+
+// TestMCPFiltersEventStreams: tools/list results are filtered in event
+// streams written in pieces, on POST and on GET (a stream may replay
+// responses), and other events pass unchanged.
+func TestMCPFiltersEventStreams(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	worker := newIdentity(t, ca, workerID, toolPolicy(agenttls.ModeEnforce), nil).source(t)
+	planner := issue(t, ca, plannerID)
+	list := `{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"search"},{"name":"admin"},{"name":"read_x"}],"nextCursor":"c"}}`
+	other := `{"jsonrpc":"2.0","method":"notifications/progress","params":{"tools":[{"name":"admin"}]}}`
+	server := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		half := len(list) / 2
+		_, _ = io.WriteString(w, "id: 1\nevent: message\ndata: "+list[:half])
+		w.(http.Flusher).Flush()
+		_, _ = io.WriteString(w, list[half:]+"\n\nid: 2\ndata: "+other+"\n\n")
+	})
+	h := worker.MCPHandler(server, agenttls.WithDecisionHook(func(context.Context, agenttls.Decision) {}))
+	for _, method := range []string{http.MethodPost, http.MethodGet} {
+		req, _ := http.NewRequest(method, "https://worker/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":3,"method":"tools/list"}`))
+		req.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{planner.Cert}}
+		w := newFlushRecorder()
+		h.ServeHTTP(w, req)
+		got := w.String()
+		mustContain(t, got, "id: 1\nevent: message\ndata: ", `{"name":"search"}`, `{"name":"read_x"}`, `"nextCursor":"c"`, "id: 2\ndata: "+other+"\n\n")
+		if strings.Contains(strings.Split(got, "id: 2")[0], "admin") {
+			t.Errorf("%s: admin is listed:\n%s", method, got)
+		}
+		if w.flushes == 0 {
+			t.Errorf("%s: the stream was never flushed", method)
+		}
+	}
+}
+
+type flushRecorder struct {
+	header  http.Header
+	mu      sync.Mutex
+	b       strings.Builder
+	flushes int
+}
+
+func newFlushRecorder() *flushRecorder { return &flushRecorder{header: http.Header{}} }
+
+func (f *flushRecorder) Header() http.Header { return f.header }
+func (f *flushRecorder) WriteHeader(int)     {}
+func (f *flushRecorder) Flush()              { f.mu.Lock(); f.flushes++; f.mu.Unlock() }
+func (f *flushRecorder) String() string      { f.mu.Lock(); defer f.mu.Unlock(); return f.b.String() }
+func (f *flushRecorder) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.b.Write(p)
+}
+
+// TestSlogDecisionHook: the default decision log is one Warn record with
+// every field of the decision.
+func TestSlogDecisionHook(t *testing.T) {
+	var buf logBuffer
+	hook := agenttls.SlogDecisionHook(slog.New(slog.NewJSONHandler(&buf, nil)))
+	at := grantExpiry.Add(5 * time.Second)
+	hook(context.Background(), agenttls.Decision{Time: at, Local: workerID, Peer: plannerID, Protocol: agenttls.ProtocolMCP,
+		Method: "tools/call", Tool: "delete_records", Policies: []string{"worker-tools"}, Rules: []string{"worker-tools ingress[1]: expired at x"},
+		Verdict: agenttls.VerdictDenied, Reason: "refused"})
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(buf.String()), &rec); err != nil {
+		t.Fatalf("%v: %s", err, buf.String())
+	}
+	want := map[string]any{"time": at.Format(time.RFC3339), "level": "WARN", "msg": "agentmesh: request refused by policy",
+		"spiffeID": workerID.String(), "peer": plannerID.String(), "protocol": "mcp", "method": "tools/call", "tool": "delete_records",
+		"verdict": "denied", "reason": "refused"}
+	for k, v := range want {
+		if rec[k] != v {
+			t.Errorf("%s = %v, want %v", k, rec[k], v)
+		}
+	}
+	if p, _ := rec["policies"].([]any); len(p) != 1 || p[0] != "worker-tools" {
+		t.Errorf("policies %v", rec["policies"])
+	}
+	if r, _ := rec["rules"].([]any); len(r) != 1 {
+		t.Errorf("rules %v", rec["rules"])
+	}
+	if _, ok := rec["skill"]; ok {
+		t.Error("an empty skill is logged")
+	}
 }
