@@ -63,6 +63,9 @@ func TestGrantRecompiledAtExpiry(t *testing.T) {
 	if now := clk.Now(); now.Before(expires) || now.After(expires.Add(5*time.Second)) {
 		t.Errorf("recompiled at %v, want at the expiry %v (within seconds)", now, expires)
 	}
+	// The policy's status says which rule expired.
+	waitMessage(t, &mtlsv1alpha1.AgentTrustPolicy{}, types.NamespacedName{Namespace: ns, Name: p.Name}, mtlsv1alpha1.ConditionReady,
+		mtlsv1alpha1.ReasonCompiled, "expired rules (they allow nothing): ingress[1] at "+expires.Format(time.RFC3339))
 	// The planner, whom the policy does not govern, keeps the default.
 	planner, _ := effective(t, ns, "planner")
 	if planner.Version != policy.SchemaVersion || len(planner.Ingress.Grants) != 0 {
