@@ -160,3 +160,78 @@ func TestA2ASkillsByPeer(t *testing.T) {
 		t.Errorf("decision log %v", skills)
 	}
 }
+
+// TestA2AOtherPaths: the extended card over JSON-RPC is filtered, the
+// HTTP+JSON binding's message:send is authorized like SendMessage, and
+// Audit mode serves the whole card and lets a message through, with a
+// decision record.
+func TestA2AOtherPaths(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	planner := newIdentity(t, ca, plannerID, nil, nil).source(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /a2a", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":`+string(req.ID)+`,"result":`+agentCard+`}`)
+	})
+	mux.HandleFunc("POST /v1/message:send", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"message":{"messageId":"m2","role":"ROLE_AGENT","parts":[{"text":"done"}]}}`)
+	})
+	mux.HandleFunc("GET /.well-known/agent-card.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, agentCard)
+	})
+	start := func(mode agenttls.Mode, clock *fakeClock) (string, *decisions) {
+		records := &decisions{}
+		worker := newIdentity(t, ca, workerID, toolPolicy(mode), nil).source(t, agenttls.WithClock(clock.Now))
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := worker.NewServer(ln.Addr().String(), worker.A2AHandler(mux, agenttls.WithDecisionHook(records.hook)))
+		srv.ErrorLog = log.New(io.Discard, "", 0)
+		go func() { _ = srv.ServeTLS(ln, "", "") }()
+		t.Cleanup(func() { _ = srv.Close() })
+		return "https://" + ln.Addr().String(), records
+	}
+	do := func(method, url, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := planner.NewHTTPClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	clock := &fakeClock{now: grantStart}
+	base, _ := start(agenttls.ModeEnforce, clock)
+	_, card := do(http.MethodPost, base+"/a2a", `{"jsonrpc":"2.0","id":5,"method":"GetExtendedAgentCard","params":{}}`)
+	if !strings.Contains(card, `"id":"summarize"`) || strings.Contains(card, `"id":"admin"`) || !strings.Contains(card, `"id":5`) {
+		t.Errorf("extended card: %s", card)
+	}
+	if _, out := do(http.MethodPost, base+"/v1/message:send", `{"message":{"messageId":"m1","role":"ROLE_USER","parts":[{"text":"hi"}]},"metadata":{"skillId":"admin"}}`); !strings.Contains(out, `A2A skill \"admin\" is not allowed`) {
+		t.Errorf("REST message:send admin: %s", out)
+	}
+	if _, out := do(http.MethodPost, base+"/v1/message:send", `{"message":{"messageId":"m1","role":"ROLE_USER","parts":[{"text":"hi"}]},"metadata":{"skillId":"summarize"}}`); !strings.Contains(out, `"messageId":"m2"`) {
+		t.Errorf("REST message:send summarize: %s", out)
+	}
+	audit, records := start(agenttls.ModeAudit, &fakeClock{now: grantStart})
+	if _, body := do(http.MethodGet, audit+"/.well-known/agent-card.json", ""); !strings.Contains(body, `"id":"admin"`) {
+		t.Errorf("audit mode card: %s", body)
+	}
+	if _, out := do(http.MethodPost, audit+"/v1/message:send", `{"message":{"messageId":"m1","role":"ROLE_USER","parts":[{"text":"hi"}]},"metadata":{"skillId":"admin"}}`); !strings.Contains(out, `"messageId":"m2"`) {
+		t.Errorf("audit mode message: %s", out)
+	}
+	if got := records.list(); len(got) != 1 || got[0].Verdict != agenttls.VerdictAudited || got[0].Skill != "admin" || got[0].Method != "SendMessage" {
+		t.Errorf("audit decisions %+v", got)
+	}
+}
