@@ -97,7 +97,7 @@ bench: tools build ## Benchmark bin/manager against a local control plane (BENCH
 
 # The packages whose tests need no API server: pure logic and the SDK.
 UNIT_PACKAGES := ./internal/agentid/... ./internal/ca/... ./internal/identity/... ./internal/policy/... \
-	./internal/logging/... ./internal/webhookcert/... ./pkg/... ./cmd/...
+	./internal/logging/... ./internal/webhookcert/... ./internal/cli/... ./pkg/... ./cmd/...
 
 .PHONY: test-unit
 test-unit: ## Run the tests of the pure packages and the SDK (seconds, nothing to build or start).
@@ -110,8 +110,9 @@ test-e2e: tools images ## Run only the end-to-end suite: manager process, webhoo
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager binary into bin/manager.
+build: ## Build the manager and the kubectl plugin into bin/manager and bin/kubectl-agentmesh.
 	go build -trimpath -o $(BIN)/manager ./cmd/manager
+	go build -trimpath -o $(BIN)/kubectl-agentmesh ./cmd/kubectl-agentmesh
 
 .PHONY: run
 run: ## Run the manager against the cluster in $KUBECONFIG.

@@ -60,6 +60,9 @@ const (
 	// ReasonCARotated: the certificate was signed by a CA that a rotation
 	// retires; it is reissued under the new CA, at a bounded rate.
 	ReasonCARotated = "CARotated"
+	// ReasonRenewRequested: a renewal ahead of the renewal time was asked
+	// for with the mtls.agentmesh.dev/renew annotation.
+	ReasonRenewRequested = "RenewRequested"
 	// ReasonKeyGenerating: a slow (RSA) key is being generated off the
 	// reconcile path; issuance follows as soon as it is ready.
 	ReasonKeyGenerating = "KeyGenerating"
@@ -126,6 +129,18 @@ const (
 	// AnnotationPolicies on a trust ConfigMap lists the AgentTrustPolicies
 	// compiled into it, as name=generation pairs separated by commas.
 	AnnotationPolicies = "mtls.agentmesh.dev/policies"
+	// AnnotationRenew on an AgentIdentity asks for a new key and
+	// certificate now, ahead of the renewal time (kubectl agentmesh renew
+	// identity sets it; any non-empty value, by convention the time of the
+	// request). The operator reissues, then removes the annotation. It has
+	// no effect in PodCertificate delivery, where the kubelet refreshes each
+	// Pod's certificate, and the operator removes it there at once.
+	AnnotationRenew = "mtls.agentmesh.dev/renew"
+	// AnnotationRenewed on an identity Secret holds the value of the
+	// AnnotationRenew request its certificate was issued for, so that a
+	// request is served once even when the operator sees it again before
+	// its removal.
+	AnnotationRenewed = "mtls.agentmesh.dev/renewed-for"
 	// AnnotationInjected on a Pod names the SPIFFE ID the injector wired
 	// into it.
 	AnnotationInjected = "mtls.agentmesh.dev/injected"

@@ -5,8 +5,10 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -38,7 +40,7 @@ import (
 // errSecretConflict means a Secret of the wanted name exists and is not ours.
 var errSecretConflict = errors.New("secret conflict")
 
-// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;patch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;delete
@@ -93,6 +95,10 @@ type certScope struct {
 	ready *metav1.Condition
 	// skip leaves the status as it is for this pass.
 	skip bool
+	// renewServed is a renew request (mtls.agentmesh.dev/renew) that the
+	// certificate in place now serves: its annotation is removed after the
+	// status is written.
+	renewServed string
 }
 
 // Reconcile brings one AgentIdentity's certificate and its status up to date.
@@ -132,6 +138,9 @@ func (r *CertificateReconciler) Reconcile(ctx context.Context, req reconcile.Req
 		if werr := r.status.write(ctx, r.Client, mtlsv1alpha1.FieldManagerCertificate, certificateStatus, s.original, s.id); werr != nil {
 			return ctrl.Result{}, errors.Join(err, werr)
 		}
+		if rerr := r.removeRenewRequest(ctx, s); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
 	}
 	r.recordMetrics(s)
 	return result, err
@@ -166,14 +175,17 @@ func (r *CertificateReconciler) secretDelivery(ctx context.Context, s *certScope
 	if s.secret == nil && !conflict {
 		conflict = r.conflictPersists(ctx, s)
 	}
-	p := identity.Decide(s.req, s.ca, identity.Observed{
-		Data:       secretData(s.secret),
-		SpecHash:   annotation(s.secret, mtlsv1alpha1.AnnotationSpecHash),
-		EverIssued: s.id.Status.SerialNumber != "",
-		UID:        string(s.id.UID),
-		Failure:    failureOf(s.id),
-		Conflict:   conflict,
-	}, s.now)
+	obs := identity.Observed{
+		Data:         secretData(s.secret),
+		SpecHash:     annotation(s.secret, mtlsv1alpha1.AnnotationSpecHash),
+		EverIssued:   s.id.Status.SerialNumber != "",
+		UID:          string(s.id.UID),
+		Failure:      failureOf(s.id),
+		Conflict:     conflict,
+		RenewRequest: s.id.Annotations[mtlsv1alpha1.AnnotationRenew],
+		RenewedFor:   annotation(s.secret, mtlsv1alpha1.AnnotationRenewed),
+	}
+	p := identity.Decide(s.req, s.ca, obs, s.now)
 	switch {
 	case p.Wait > 0:
 		// Inside a failure's back-off: nothing is attempted or counted.
@@ -184,6 +196,11 @@ func (r *CertificateReconciler) secretDelivery(ctx context.Context, s *certScope
 	case p.Reissue:
 		return r.issue(ctx, s, p)
 	}
+	if obs.RenewRequest != "" && !obs.RenewPending() {
+		// Served by an earlier pass whose removal of the annotation failed
+		// or is not in the cache yet.
+		s.renewServed = obs.RenewRequest
+	}
 	return r.keep(ctx, s, p)
 }
 
@@ -191,6 +208,9 @@ func (r *CertificateReconciler) secretDelivery(ctx context.Context, s *certScope
 // (one left from Secret delivery is deleted), and the status counts the
 // Pods that hold a current certificate and the next refresh.
 func (r *CertificateReconciler) podCertificates(ctx context.Context, s *certScope) error {
+	// The kubelet refreshes each Pod's certificate: a renew request has
+	// nothing to act on, and goes.
+	s.renewServed = s.id.Annotations[mtlsv1alpha1.AnnotationRenew]
 	if old := s.original.Status.SecretName; old != "" {
 		sec := &corev1.Secret{}
 		err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: old}, sec)
@@ -364,7 +384,14 @@ func (r *CertificateReconciler) issue(ctx context.Context, s *certScope, p ident
 	if err != nil {
 		return r.fail(s, p, err), nil
 	}
-	if err := r.writeSecret(ctx, s, func(sec *corev1.Secret) { sec.Data = data }); err != nil {
+	renew := s.id.Annotations[mtlsv1alpha1.AnnotationRenew]
+	if err := r.writeSecret(ctx, s, func(sec *corev1.Secret) {
+		sec.Data = data
+		if renew != "" {
+			// Whatever the reason of this issuance, it serves the request.
+			sec.Annotations[mtlsv1alpha1.AnnotationRenewed] = renew
+		}
+	}); err != nil {
 		switch {
 		case errors.Is(err, errSecretConflict):
 			return r.conflict(s), nil
@@ -391,6 +418,7 @@ func (r *CertificateReconciler) issue(ctx context.Context, s *certScope, p ident
 			renewal.UTC().Format(time.RFC3339), p.Message)
 	}
 	s.succeeded(issued.Leaf, renewal, s.ca.Active.SerialHex())
+	s.renewServed = renew
 	if err := r.removeOldSecret(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -513,6 +541,30 @@ func (r *CertificateReconciler) decorateSecret(s *certScope, sec *corev1.Secret,
 	return controllerutil.SetControllerReference(s.id, sec, r.Client.Scheme())
 }
 
+// removeRenewRequest removes a served renew request from the identity with
+// a JSON patch that first tests its value, so a newer request made
+// meanwhile stays (and is served by the pass its update queues).
+func (r *CertificateReconciler) removeRenewRequest(ctx context.Context, s *certScope) error {
+	if s.renewServed == "" {
+		return nil
+	}
+	path := "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(mtlsv1alpha1.AnnotationRenew, "~", "~0"), "/", "~1")
+	ops, err := json.Marshal([]map[string]string{{"op": "test", "path": path, "value": s.renewServed}, {"op": "remove", "path": path}})
+	if err != nil {
+		return err
+	}
+	err = r.Client.Patch(ctx, s.original.DeepCopy(), client.RawPatch(types.JSONPatchType, ops), client.FieldOwner(mtlsv1alpha1.FieldManager))
+	switch {
+	case err == nil:
+		s.log.Info("renew request served", "request", s.renewServed, "serial", s.id.Status.SerialNumber)
+		return nil
+	case apierrors.IsNotFound(err), apierrors.IsInvalid(err), apierrors.IsConflict(err):
+		// Gone, or replaced by a newer request, which queues another pass.
+		return nil
+	}
+	return fmt.Errorf("removing the served annotation %s: %w", mtlsv1alpha1.AnnotationRenew, err)
+}
+
 // removeOldSecret deletes the Secret of a previous spec.secretName once the
 // new one is in place, if it is ours.
 func (r *CertificateReconciler) removeOldSecret(ctx context.Context, s *certScope) error {
@@ -557,7 +609,7 @@ func (r *CertificateReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	c := mgr.GetClient()
 	return ctrl.NewControllerManagedBy(mgr).
 		Named(CertificateControllerName).
-		For(&mtlsv1alpha1.AgentIdentity{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, trustPublicationChanged))).
+		For(&mtlsv1alpha1.AgentIdentity{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, trustPublicationChanged, renewRequested))).
 		Owns(&corev1.Secret{}).
 		Watches(&corev1.Pod{}, delayed(identityOfPod), builder.WithPredicates(podPhaseChanged)).
 		Watches(&certv1.PodCertificateRequest{}, handler.EnqueueRequestsFromMapFunc(identityOfPodCertificateRequest(c))).

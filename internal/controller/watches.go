@@ -67,6 +67,18 @@ var trustPublicationChanged = predicate.Funcs{
 	},
 }
 
+// renewRequested lets through identity updates that add or change a renew
+// request (mtls.agentmesh.dev/renew), which bumps no generation.
+var renewRequested = predicate.Funcs{
+	CreateFunc:  func(event.CreateEvent) bool { return false },
+	DeleteFunc:  func(event.DeleteEvent) bool { return false },
+	GenericFunc: func(event.GenericEvent) bool { return false },
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		n := e.ObjectNew.GetAnnotations()[mtlsv1alpha1.AnnotationRenew]
+		return n != "" && n != e.ObjectOld.GetAnnotations()[mtlsv1alpha1.AnnotationRenew]
+	},
+}
+
 // enqueueAllIdentities queues every AgentIdentity (after a CA change).
 func enqueueAllIdentities(c client.Reader) func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	return func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {

@@ -28,6 +28,12 @@ type Observed struct {
 	// Conflict says a Secret of the identity's name exists and is not
 	// agentmesh's for this identity.
 	Conflict bool
+	// RenewRequest is the identity's mtls.agentmesh.dev/renew annotation:
+	// a request to reissue now; empty when none is pending.
+	RenewRequest string
+	// RenewedFor is the Secret's mtls.agentmesh.dev/renewed-for
+	// annotation: the request its certificate was issued for.
+	RenewedFor string
 }
 
 // Failure is a failed issuance the status reports: how many attempts in a
@@ -102,7 +108,8 @@ func decide(req Request, st *ca.State, obs Observed, now time.Time) Plan {
 	for _, ch := range chain {
 		if reason, msg := ch(c); reason != "" {
 			p := Plan{Reissue: true, Reason: reason, Message: msg}
-			if reason == mtlsv1alpha1.ReasonCARotated || (reason == mtlsv1alpha1.ReasonRenewing && now.Before(c.leaf.NotAfter)) {
+			if reason == mtlsv1alpha1.ReasonCARotated || reason == mtlsv1alpha1.ReasonRenewRequested ||
+				(reason == mtlsv1alpha1.ReasonRenewing && now.Before(c.leaf.NotAfter)) {
 				p.KeepReady, p.Current = true, c.current()
 			}
 			return p
@@ -143,6 +150,7 @@ var chain = []check{
 	rotatedCA,
 	specChanged,
 	renewalDue,
+	renewRequested,
 }
 
 func (c *checkContext) current() *Current {
@@ -243,4 +251,21 @@ func renewalDue(c *checkContext) (string, string) {
 		return mtlsv1alpha1.ReasonRenewing, "renewal time " + c.renewal.UTC().Format(time.RFC3339) + " reached"
 	}
 	return "", ""
+}
+
+// renewRequested reissues a certificate that is fine in every other way
+// when a renewal was asked for (mtls.agentmesh.dev/renew) and the
+// certificate in place was not issued for that request.
+func renewRequested(c *checkContext) (string, string) {
+	if r := c.obs.RenewRequest; r != "" && r != c.obs.RenewedFor {
+		return mtlsv1alpha1.ReasonRenewRequested, fmt.Sprintf("a renewal was requested (%s=%s)", mtlsv1alpha1.AnnotationRenew, r)
+	}
+	return "", ""
+}
+
+// RenewPending says a renew request is still to be acted on; once the
+// certificate in place was issued for it (RenewedFor), the request is served
+// and its annotation can go.
+func (o Observed) RenewPending() bool {
+	return o.RenewRequest != "" && o.RenewRequest != o.RenewedFor
 }

@@ -79,6 +79,15 @@ func TestDecide(t *testing.T) {
 		{name: "healthy", req: req, obs: Observed{Data: good, SpecHash: req.Hash()}, at: now.Add(time.Hour)},
 		{name: "only the bundle is stale", req: req, obs: Observed{Data: swap(good, SecretTrustKey, oldCA.BundlePEM()), SpecHash: req.Hash()}, at: now,
 			stale: true},
+		{name: "renew requested", req: req, obs: Observed{Data: good, SpecHash: req.Hash(), RenewRequest: "2026-12-04T18:00:00Z"}, at: now.Add(time.Hour),
+			reason: mtlsv1alpha1.ReasonRenewRequested, message: "a renewal was requested (mtls.agentmesh.dev/renew=2026-12-04T18:00:00Z)"},
+		{name: "renew request already served", req: req, obs: Observed{Data: good, SpecHash: req.Hash(), RenewRequest: "r1", RenewedFor: "r1"}, at: now.Add(time.Hour)},
+		{name: "a new renew request after one was served", req: req, obs: Observed{Data: good, SpecHash: req.Hash(), RenewRequest: "r2", RenewedFor: "r1"}, at: now.Add(time.Hour),
+			reason: mtlsv1alpha1.ReasonRenewRequested},
+		{name: "renew requested and spec changed: the spec names the reason", req: withDNS, obs: Observed{Data: good, SpecHash: req.Hash(), RenewRequest: "r1"}, at: now,
+			reason: mtlsv1alpha1.ReasonSpecChanged},
+		{name: "renew requested and the Secret missing", req: req, obs: Observed{EverIssued: true, RenewRequest: "r1"}, at: now,
+			reason: mtlsv1alpha1.ReasonSecretRepaired},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -157,6 +166,7 @@ func TestDecideBackoffAndReadiness(t *testing.T) {
 		{name: "renewal due: Ready stays", obs: healthy, at: renewal, reissue: true, keepReady: true},
 		{name: "expired: not Ready", obs: healthy, at: leaf.NotAfter, reissue: true},
 		{name: "first issuance: not Ready", obs: Observed{}, at: now, reissue: true},
+		{name: "renew requested: Ready stays", obs: func() Observed { o := healthy; o.RenewRequest = "r1"; return o }(), at: now, reissue: true, keepReady: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

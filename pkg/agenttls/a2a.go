@@ -99,7 +99,7 @@ func (s *Source) serveA2A(c *authzConfig, next http.Handler, w http.ResponseWrit
 		return out
 	}
 	if r.Method == http.MethodGet && slices.Contains(c.cardPath, r.URL.Path) {
-		if !a.Connect() && s.decide(r.Context(), c, snap, &a, Decision{Protocol: ProtocolA2A, Method: "GET " + r.URL.Path,
+		if !a.Connect() && s.decide(r.Context(), c, snap, &a, DecisionRecord{Protocol: ProtocolA2A, Method: "GET " + r.URL.Path,
 			Reason: refusal(snap, &a, ProtocolA2A, "the Agent Card")}) {
 			writeJSON(w, http.StatusForbidden, newRPCError(nil, CodeForbidden, refusal(snap, &a, ProtocolA2A, "the Agent Card"), nil))
 			return
@@ -114,7 +114,7 @@ func (s *Source) serveA2A(c *authzConfig, next http.Handler, w http.ResponseWrit
 		return
 	}
 	if r.Method != http.MethodPost {
-		if !a.uses(ProtocolA2A) && s.decide(r.Context(), c, snap, &a, Decision{Protocol: ProtocolA2A, Method: r.Method + " " + r.URL.Path,
+		if !a.uses(ProtocolA2A) && s.decide(r.Context(), c, snap, &a, DecisionRecord{Protocol: ProtocolA2A, Method: r.Method + " " + r.URL.Path,
 			Reason: refusal(snap, &a, ProtocolA2A, "A2A")}) {
 			writeJSON(w, http.StatusForbidden, newRPCError(nil, CodeForbidden, refusal(snap, &a, ProtocolA2A, "A2A"), nil))
 			return
@@ -163,7 +163,7 @@ func (s *Source) serveA2A(c *authzConfig, next http.Handler, w http.ResponseWrit
 	}
 	if what != "" {
 		reason := refusal(snap, &a, ProtocolA2A, what)
-		if s.decide(r.Context(), c, snap, &a, Decision{Protocol: ProtocolA2A, Method: m.Method, Skill: skill, Reason: reason}) {
+		if s.decide(r.Context(), c, snap, &a, DecisionRecord{Protocol: ProtocolA2A, Method: m.Method, Skill: skill, Reason: reason}) {
 			writeJSON(w, http.StatusOK, newRPCError(m.ID, CodeForbidden, reason, &errorData{
 				SPIFFEID: snap.id.String(), Peer: peer.String(), Skill: skill,
 				Policies: snap.policy.Ingress.Policies, Rules: a.rules(ProtocolA2A),

@@ -139,9 +139,9 @@ const (
 	VerdictAudited Verdict = "audited"
 )
 
-// Decision is one refusal, or in Audit mode one would-be refusal, of an
+// DecisionRecord is one refusal, or in Audit mode one would-be refusal, of an
 // agent-protocol request: the structured record of the decision log.
-type Decision struct {
+type DecisionRecord struct {
 	// Time is when the decision was made (the Source's clock).
 	Time time.Time
 	// Local is the agent's own SPIFFE ID; Peer the verified client's.
@@ -165,15 +165,15 @@ type Decision struct {
 	Reason string
 }
 
-// DecisionHook receives every Decision. It is called on the request's
+// DecisionHook receives every DecisionRecord. It is called on the request's
 // goroutine and must not block for long.
-type DecisionHook func(context.Context, Decision)
+type DecisionHook func(context.Context, DecisionRecord)
 
 // SlogDecisionHook returns the default hook: one Warn record per decision
 // on l, with the keys time (the record's), spiffeID, peer, protocol,
 // method, tool or skill, policies, rules, verdict and reason.
 func SlogDecisionHook(l *slog.Logger) DecisionHook {
-	return func(ctx context.Context, d Decision) {
+	return func(ctx context.Context, d DecisionRecord) {
 		msg := "agentmesh: request refused by policy"
 		if d.Verdict == VerdictAudited {
 			msg = "agentmesh: request not allowed by policy, let through in audit mode"
@@ -243,7 +243,7 @@ func (s *Source) authzConfig(opts []AuthzOption) *authzConfig {
 
 // decide records a refusal and reports whether the request must be
 // refused (false in Audit mode).
-func (s *Source) decide(ctx context.Context, c *authzConfig, snap *Snapshot, a *Access, d Decision) bool {
+func (s *Source) decide(ctx context.Context, c *authzConfig, snap *Snapshot, a *Access, d DecisionRecord) bool {
 	d.Time = s.cfg.now()
 	d.Local = snap.id
 	d.Peer = a.Peer

@@ -71,7 +71,7 @@
 // JSON-RPC error (CodeForbidden) that names both SPIFFE IDs and the rules,
 // and filters tools/list; A2AHandler filters the Agent Card's skills and
 // refuses messages for other skills. Each refusal, and in Audit mode each
-// would-be refusal, is one Decision, sent to WithDecisionHook or logged
+// would-be refusal, is one DecisionRecord, sent to WithDecisionHook or logged
 // with log/slog (SlogDecisionHook). A peer that a whole-peer rule allows
 // (every v1 rule) may do everything.
 //

@@ -52,7 +52,7 @@ func (s *Source) serveMCP(c *authzConfig, next http.Handler, w http.ResponseWrit
 	}
 	a := snap.policy.Ingress.AccessAt(peer, s.cfg.now())
 	if r.Method != http.MethodPost {
-		if !a.uses(ProtocolMCP) && s.decide(r.Context(), c, snap, &a, Decision{Protocol: ProtocolMCP, Method: r.Method + " " + r.URL.Path,
+		if !a.uses(ProtocolMCP) && s.decide(r.Context(), c, snap, &a, DecisionRecord{Protocol: ProtocolMCP, Method: r.Method + " " + r.URL.Path,
 			Reason: refusal(snap, &a, ProtocolMCP, "MCP")}) {
 			writeJSON(w, http.StatusForbidden, newRPCError(nil, CodeForbidden, refusal(snap, &a, ProtocolMCP, "MCP"), nil))
 			return
@@ -114,7 +114,7 @@ func (s *Source) serveMCP(c *authzConfig, next http.Handler, w http.ResponseWrit
 			what = "MCP"
 		}
 		reason := refusal(snap, &a, ProtocolMCP, what)
-		if !s.decide(r.Context(), c, snap, &a, Decision{Protocol: ProtocolMCP, Method: m.Method, Tool: tool, Reason: reason}) {
+		if !s.decide(r.Context(), c, snap, &a, DecisionRecord{Protocol: ProtocolMCP, Method: m.Method, Tool: tool, Reason: reason}) {
 			continue
 		}
 		refused = append(refused, newRPCError(m.ID, CodeForbidden, reason, &errorData{

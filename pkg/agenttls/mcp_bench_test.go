@@ -43,7 +43,7 @@ func BenchmarkMCPHandler(b *testing.B) {
 		}
 		_, _ = io.WriteString(w, callResult)
 	})
-	wrapped := worker.MCPHandler(server, agenttls.WithDecisionHook(func(context.Context, agenttls.Decision) {}))
+	wrapped := worker.MCPHandler(server, agenttls.WithDecisionHook(func(context.Context, agenttls.DecisionRecord) {}))
 	call := func(tool string) string {
 		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + tool + `","arguments":{"query":"agents","limit":10}}}`
 	}

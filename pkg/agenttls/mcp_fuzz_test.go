@@ -40,7 +40,7 @@ func FuzzMCPHandler(f *testing.F) {
 	}
 	h := worker.MCPHandler(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
 		&mcp.StreamableHTTPOptions{Stateless: true, JSONResponse: true}),
-		agenttls.WithDecisionHook(func(context.Context, agenttls.Decision) {}))
+		agenttls.WithDecisionHook(func(context.Context, agenttls.DecisionRecord) {}))
 
 	call := func(tool string) string {
 		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + tool + `","arguments":{}}}`

@@ -44,16 +44,16 @@ func (c *fakeClock) Set(t time.Time) {
 // decisions collects the decision log.
 type decisions struct {
 	mu  sync.Mutex
-	all []agenttls.Decision
+	all []agenttls.DecisionRecord
 }
 
-func (d *decisions) hook(_ context.Context, dec agenttls.Decision) {
+func (d *decisions) hook(_ context.Context, dec agenttls.DecisionRecord) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.all = append(d.all, dec)
 }
 
-func (d *decisions) list() []agenttls.Decision {
+func (d *decisions) list() []agenttls.DecisionRecord {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return slices.Clone(d.all)
@@ -416,7 +416,7 @@ func TestMCPFiltersEventStreams(t *testing.T) {
 		w.(http.Flusher).Flush()
 		_, _ = io.WriteString(w, list[half:]+"\n\nid: 2\ndata: "+other+"\n\n")
 	})
-	h := worker.MCPHandler(server, agenttls.WithDecisionHook(func(context.Context, agenttls.Decision) {}))
+	h := worker.MCPHandler(server, agenttls.WithDecisionHook(func(context.Context, agenttls.DecisionRecord) {}))
 	for _, method := range []string{http.MethodPost, http.MethodGet} {
 		req, _ := http.NewRequest(method, "https://worker/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":3,"method":"tools/list"}`))
 		req.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{planner.Cert}}
@@ -458,7 +458,7 @@ func TestSlogDecisionHook(t *testing.T) {
 	var buf logBuffer
 	hook := agenttls.SlogDecisionHook(slog.New(slog.NewJSONHandler(&buf, nil)))
 	at := grantExpiry.Add(5 * time.Second)
-	hook(context.Background(), agenttls.Decision{Time: at, Local: workerID, Peer: plannerID, Protocol: agenttls.ProtocolMCP,
+	hook(context.Background(), agenttls.DecisionRecord{Time: at, Local: workerID, Peer: plannerID, Protocol: agenttls.ProtocolMCP,
 		Method: "tools/call", Tool: "delete_records", Policies: []string{"worker-tools"}, Rules: []string{"worker-tools ingress[1]: expired at x"},
 		Verdict: agenttls.VerdictDenied, Reason: "refused"})
 	var rec map[string]any
@@ -482,4 +482,35 @@ func TestSlogDecisionHook(t *testing.T) {
 	if _, ok := rec["skill"]; ok {
 		t.Error("an empty skill is logged")
 	}
+}
+
+// TestDecideWithGrants: Decide (the handshake's evaluation, and kubectl
+// agentmesh explain's) counts a grant until its expiry, and Check agrees.
+func TestDecideWithGrants(t *testing.T) {
+	src := toolPolicy(agenttls.ModeEnforce)
+	src.TrustDomains = map[string][]string{}
+	p, err := agenttls.ParsePolicy(mustJSON(t, src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := p.DecideAt(agenttls.Ingress, plannerID, grantStart)
+	if !d.Allowed || d.Match == nil || d.Match.Kind != agenttls.MatchGrant || d.Match.Value != "worker-tools ingress[0]" {
+		t.Errorf("planner: %+v", d)
+	}
+	d = p.DecideAt(agenttls.Ingress, outsiderID, grantStart)
+	if d.Allowed || d.Admitted || !strings.Contains(d.Reason, "does not allow "+outsiderID.String()) {
+		t.Errorf("outsider: %+v", d)
+	}
+	if err := p.CheckAt(agenttls.Ingress, outsiderID, grantStart); err == nil || err.Error() != d.Reason {
+		t.Errorf("Check %v, Decide %q", err, d.Reason)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -116,13 +116,17 @@ func (s *Source) verifyPeer(d Direction, chain []*x509.Certificate, want spiffei
 // peer; in Audit mode a peer the rules do not allow is logged and let
 // through.
 func (s *Source) authorize(snap *Snapshot, d Direction, peer spiffeid.ID) error {
-	err := snap.policy.CheckAt(d, peer, s.cfg.now())
-	if err != nil && snap.policy.Rules(d).Mode == ModeAudit {
+	now := s.cfg.now()
+	dec := snap.policy.DecideAt(d, peer, now)
+	switch {
+	case dec.Allowed:
+		return nil
+	case dec.Admitted:
 		s.cfg.log.Warn("agentmesh: peer not allowed by policy, let through in audit mode",
-			"direction", string(d), "spiffeID", snap.id.String(), "peer", peer.String(), "reason", err.Error())
+			"direction", string(d), "spiffeID", snap.id.String(), "peer", peer.String(), "reason", dec.Reason)
 		return nil
 	}
-	return err
+	return snap.policy.CheckAt(d, peer, now)
 }
 
 // Authorizer returns a go-spiffe authorizer that enforces the current

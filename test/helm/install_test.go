@@ -447,6 +447,8 @@ func rbacTable(ns, config, domain string) []permission {
 		{"list", mtls, "agentidentities", "", "", "", true},
 		{"watch", mtls, "agenttrustpolicies", "", "", "", true},
 		{"patch", mtls, "agentidentities", "status", "agents", "worker", true},
+		// Only to remove a served mtls.agentmesh.dev/renew annotation.
+		{"patch", mtls, "agentidentities", "", "agents", "worker", true},
 		{"patch", mtls, "agenttrustpolicies", "status", "agents", "worker-ingress", true},
 		{"update", mtls, "agentidentities", "finalizers", "agents", "worker", true},
 		{"create", "events.k8s.io", "events", "", "agents", "", true},
@@ -493,6 +495,7 @@ func rbacTable(ns, config, domain string) []permission {
 		// The users' objects: read-only, except status.
 		{"create", mtls, "agentidentities", "", "agents", "", false},
 		{"update", mtls, "agentidentities", "", "agents", "worker", false},
+		{"patch", mtls, "agenttrustpolicies", "", "agents", "worker-ingress", false},
 		{"delete", mtls, "agentidentities", "", "agents", "worker", false},
 		{"update", mtls, "agenttrustpolicies", "", "agents", "worker-ingress", false},
 		{"update", core, "namespaces", "", "", "agents", false},
