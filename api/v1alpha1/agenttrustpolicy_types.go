@@ -76,6 +76,69 @@ type IngressRule struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
 	From []AgentPeer `json:"from,omitempty"`
+
+	// protocols restricts what the peers of this rule may do once connected,
+	// per agent protocol. Absent (the default), the rule allows the whole
+	// peer, as it always did. Present, the rule allows exactly what it lists:
+	// the MCP tools of mcp and the A2A skills of a2a, and nothing of a
+	// protocol it does not name. The agent enforces it, on the verified mTLS
+	// peer, with the middleware of the Go SDK (pkg/agenttls); at the TLS
+	// level a restricted rule still lets its peers connect.
+	// +optional
+	Protocols *ProtocolRules `json:"protocols,omitempty"`
+
+	// expiresAt ends the rule: from this instant on (RFC 3339, for example
+	// "2026-12-31T18:00:00Z") it allows nothing. The operator recompiles the
+	// policy at that moment, and the SDK refuses the rule's peers past it
+	// even while an older policy.json is still mounted. Absent (the
+	// default), the rule does not expire.
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+}
+
+// ProtocolRules lists what the peers of a rule may do, per agent protocol.
+// +kubebuilder:validation:XValidation:rule="has(self.mcp) || has(self.a2a)",message="protocols must restrict mcp, a2a or both"
+type ProtocolRules struct {
+	// mcp lists the Model Context Protocol tools the peers may call. Absent,
+	// they may call no tool.
+	// +optional
+	MCP *MCPRule `json:"mcp,omitempty"`
+
+	// a2a lists the Agent2Agent skills the peers may use. Absent, they may
+	// use no skill.
+	// +optional
+	A2A *A2ARule `json:"a2a,omitempty"`
+}
+
+// MCPRule lists MCP tools.
+type MCPRule struct {
+	// tools are tool names ("search") or patterns that end in "*" and match
+	// every name that starts with what precedes it ("read_*"; "*" alone
+	// matches every tool). Names are matched exactly, case-sensitively.
+	// tools/list shows a peer only the tools it may call.
+	// +required
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=128
+	// +kubebuilder:validation:items:Pattern=`^(\*|[A-Za-z0-9_./-]+\*?)$`
+	Tools []string `json:"tools"`
+}
+
+// A2ARule lists A2A skills.
+type A2ARule struct {
+	// skills are the IDs of the skills of the agent's Agent Card ("summarize"),
+	// or patterns that end in "*" as for MCP tools. The Agent Card served to
+	// a peer lists only the skills it may use.
+	// +required
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=128
+	// +kubebuilder:validation:items:Pattern=`^(\*|[A-Za-z0-9_.:/-]+\*?)$`
+	Skills []string `json:"skills"`
 }
 
 // EgressRule allows connections to the peers it lists.

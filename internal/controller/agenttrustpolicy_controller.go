@@ -97,6 +97,15 @@ func (r *AgentTrustPolicyReconciler) Reconcile(ctx context.Context, req reconcil
 	default:
 		message = fmt.Sprintf("compiled into the trust ConfigMaps of %d selected identities", len(selected))
 	}
+	// Rules that expired allow nothing any more; say so, and look again at
+	// the next expiry.
+	expired, next := expiries(c, now)
+	if len(expired) > 0 {
+		message += "; expired rules (they allow nothing): " + strings.Join(expired, ", ")
+	}
+	if !next.IsZero() && (result.RequeueAfter == 0 || next.Sub(now) < result.RequeueAfter) {
+		result.RequeueAfter = max(next.Sub(now), time.Millisecond)
+	}
 	status := metav1.ConditionTrue
 	if reason != mtlsv1alpha1.ReasonCompiled {
 		status = metav1.ConditionFalse
@@ -119,6 +128,26 @@ func (r *AgentTrustPolicyReconciler) Reconcile(ctx context.Context, req reconcil
 		logf.FromContext(ctx).V(1).Info("policy status", "reason", reason, "selected", len(selected), "compiled", compiled)
 	}
 	return result, nil
+}
+
+// expiries lists the ingress rules that have expired at now ("ingress[1]
+// at 2026-12-31T18:00:00Z") and returns the next expiry still to come.
+func expiries(c *policy.Compiled, now time.Time) ([]string, time.Time) {
+	if c.Ingress == nil {
+		return nil, time.Time{}
+	}
+	var expired []string
+	var next time.Time
+	for i, r := range c.Ingress.Rules {
+		switch {
+		case r.ExpiresAt.IsZero():
+		case !now.Before(r.ExpiresAt):
+			expired = append(expired, fmt.Sprintf("ingress[%d] at %s", i, r.ExpiresAt.Format(time.RFC3339)))
+		case next.IsZero() || r.ExpiresAt.Before(next):
+			next = r.ExpiresAt
+		}
+	}
+	return expired, next
 }
 
 // selection lists the identities the policy selects and counts those whose

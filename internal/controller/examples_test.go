@@ -41,7 +41,7 @@ func TestDocumentedExamples(t *testing.T) {
 	st, _ := running.CA.Get()
 	fp := policy.Fingerprint(st.Anchors[0])
 	dir := filepath.Join(env.Root, "docs", "policies")
-	for _, example := range []string{"allow-one-caller", "allow-namespace", "federate-partner"} {
+	for _, example := range []string{"allow-one-caller", "allow-namespace", "federate-partner", "mcp-tools"} {
 		t.Run(example, func(t *testing.T) {
 			objs := decodeAll(t, filepath.Join(dir, example+".yaml"))
 			var policyName string

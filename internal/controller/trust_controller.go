@@ -117,7 +117,15 @@ func (r *TrustReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		status = metav1.ConditionTrue
 	}
 	setIdentityCondition(s.id, s.now, mtlsv1alpha1.ConditionPolicyResolved, status, trust.reason, trust.message)
-	return ctrl.Result{}, r.status.write(ctx, r.Client, mtlsv1alpha1.FieldManagerTrust, trustStatus, s.original, s.id)
+	if err := r.status.write(ctx, r.Client, mtlsv1alpha1.FieldManagerTrust, trustStatus, s.original, s.id); err != nil {
+		return ctrl.Result{}, err
+	}
+	// A rule with expiresAt is compiled out at that instant.
+	var result ctrl.Result
+	if !trust.nextExpiry.IsZero() {
+		result.RequeueAfter = max(trust.nextExpiry.Sub(s.now), time.Millisecond)
+	}
+	return result, nil
 }
 
 // SetupWithManager watches AgentIdentities (spec and label changes: labels
@@ -154,6 +162,9 @@ type trustResult struct {
 	hash      string
 	reason    string
 	message   string
+	// nextExpiry is when a rule of the published policy expires; zero when
+	// none does.
+	nextExpiry time.Time
 }
 
 // publishTrust resolves every AgentTrustPolicy that selects the identity
@@ -197,6 +208,7 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 		Identity:    policy.Identity{Namespace: s.id.Namespace, Name: s.id.Name, Labels: s.id.Labels},
 		Policies:    compiled,
 		World:       world,
+		Now:         s.now,
 	})
 	if world.err != nil {
 		// A peer list that could not be read would narrow (or, for an
@@ -222,7 +234,7 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 	if err := r.writeTrustConfigMap(ctx, s, existing, out, strings.Join(sel.keys, ",")); err != nil {
 		return trustResult{}, err
 	}
-	return trustResult{published: true, hash: out.ContentHash(), reason: sel.reason, message: sel.message(r.DefaultPosture)}, nil
+	return trustResult{published: true, hash: out.ContentHash(), reason: sel.reason, message: sel.message(r.DefaultPosture), nextExpiry: eff.NextExpiry}, nil
 }
 
 // keepTooLarge keeps the last trust ConfigMap when the current policy does

@@ -2,7 +2,9 @@ package policy
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/labels"
@@ -41,7 +43,31 @@ type Rule struct {
 	// rule listed no peers).
 	All   bool
 	Peers []Peer
+	// Protocols restricts what the peers may do; nil allows the whole peer.
+	Protocols *Protocols
+	// ExpiresAt is when the rule stops allowing anything; zero: never.
+	ExpiresAt time.Time
 }
+
+// Grant reports whether the rule compiles to a grant of policy.json v2 (it
+// restricts protocols or expires) rather than to a whole-peer allow.
+func (r Rule) Grant() bool { return r.Protocols != nil || !r.ExpiresAt.IsZero() }
+
+// Protocols is the compiled form of an ingress rule's protocols. A nil
+// list allows nothing of that protocol; patterns that could not be compiled
+// are left out, which only narrows the rule.
+type Protocols struct {
+	MCPTools  []string
+	A2ASkills []string
+}
+
+var (
+	toolPattern  = regexp.MustCompile(`^(\*|[A-Za-z0-9_./-]+\*?)$`)
+	skillPattern = regexp.MustCompile(`^(\*|[A-Za-z0-9_.:/-]+\*?)$`)
+)
+
+// maxPatternLength bounds a tool or skill pattern, as the CRD schema does.
+const maxPatternLength = 128
 
 // Peer is one compiled peer; exactly one form is set.
 type Peer struct {
@@ -88,7 +114,15 @@ func Compile(p *mtlsv1alpha1.AgentTrustPolicy) *Compiled {
 	if ingress {
 		c.Ingress = &Direction{}
 		for i, r := range p.Spec.Ingress {
-			c.Ingress.Rules = append(c.Ingress.Rules, c.compileRule(r.From, spec.Child("ingress").Index(i).Child("from")))
+			path := spec.Child("ingress").Index(i)
+			rule := c.compileRule(r.From, path.Child("from"))
+			if r.Protocols != nil {
+				rule.Protocols = c.compileProtocols(r.Protocols, path.Child("protocols"))
+			}
+			if r.ExpiresAt != nil {
+				rule.ExpiresAt = r.ExpiresAt.UTC().Truncate(time.Second)
+			}
+			c.Ingress.Rules = append(c.Ingress.Rules, rule)
 		}
 	}
 	if egress {
@@ -153,6 +187,40 @@ func (c *Compiled) compileRule(peers []mtlsv1alpha1.AgentPeer, path *field.Path)
 		}
 	}
 	return r
+}
+
+// compileProtocols keeps the valid patterns of each protocol that the rule
+// names. A protocol named with no valid pattern allows nothing, never
+// everything.
+func (c *Compiled) compileProtocols(p *mtlsv1alpha1.ProtocolRules, path *field.Path) *Protocols {
+	out := &Protocols{}
+	if p.MCP == nil && p.A2A == nil {
+		c.Errors = append(c.Errors, field.Required(path, "protocols must restrict mcp, a2a or both"))
+	}
+	if p.MCP != nil {
+		out.MCPTools = c.compilePatterns(p.MCP.Tools, toolPattern, path.Child("mcp", "tools"))
+	}
+	if p.A2A != nil {
+		out.A2ASkills = c.compilePatterns(p.A2A.Skills, skillPattern, path.Child("a2a", "skills"))
+	}
+	return out
+}
+
+func (c *Compiled) compilePatterns(in []string, re *regexp.Regexp, path *field.Path) []string {
+	out := []string{}
+	if len(in) == 0 {
+		c.Errors = append(c.Errors, field.Required(path, "list at least one name or pattern"))
+	}
+	for i, s := range in {
+		if len(s) > maxPatternLength || !re.MatchString(s) {
+			c.Errors = append(c.Errors, field.Invalid(path.Index(i), s,
+				fmt.Sprintf("must be a name of at most %d characters (%s), optionally ending in \"*\"", maxPatternLength, re.String())))
+			continue
+		}
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 func (c *Compiled) compilePeer(ap mtlsv1alpha1.AgentPeer, path *field.Path) (Peer, bool) {

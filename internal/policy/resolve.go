@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/labels"
@@ -10,8 +12,15 @@ import (
 	"github.com/agentmesh/agentmesh/internal/agentid"
 )
 
-// SchemaVersion is the version of the policy.json contract.
+// SchemaVersion is the version of the policy.json contract that an
+// effective policy without grants is written in: byte for byte what
+// operators before v2 wrote, so agents with an older SDK keep reading it.
 const SchemaVersion = "agentmesh.dev/policy/v1"
+
+// SchemaVersionV2 is the version of a policy.json with grants: rules that
+// restrict protocols (MCP tools, A2A skills) or expire. It is written only
+// where a policy needs it.
+const SchemaVersionV2 = "agentmesh.dev/policy/v2"
 
 // Posture is what a direction allows when no policy governs it.
 type Posture string
@@ -67,6 +76,10 @@ type Effective struct {
 	// fingerprints (hex) of its CA certificates, so that a peer of one
 	// trust domain is verified against that trust domain's CAs only.
 	TrustDomains map[string][]string `json:"trustDomains"`
+
+	// NextExpiry is the earliest expiresAt of the grants in the policy, when
+	// the policy must be resolved again; zero when no grant expires.
+	NextExpiry time.Time `json:"-"`
 }
 
 // Allowed is the resolved allow list of one direction. A peer is allowed
@@ -90,15 +103,56 @@ type Allowed struct {
 	Policies []string `json:"policies"`
 	// Default is the default posture when no policy governs the direction.
 	Default Posture `json:"default,omitempty"`
+	// Grants (v2 only) are the rules that restrict what their peers may do
+	// or that expire: a peer a grant matches may connect until the grant's
+	// expiresAt, and may use what its protocols list. Absent in v1.
+	Grants []Grant `json:"grants,omitempty"`
 }
 
-// Allows reports whether the allow list lets a peer with this SPIFFE ID in
-// (Audit mode aside).
+// Grant is one ingress rule with protocol restrictions or an expiry.
+type Grant struct {
+	// Policy and Rule name the rule: the AgentTrustPolicy and the rule's
+	// place in it ("ingress[0]").
+	Policy string `json:"policy"`
+	Rule   string `json:"rule"`
+	// AllowAll, SPIFFEIDs and Prefixes are the peers, as in Allowed.
+	AllowAll  bool     `json:"allowAll"`
+	SPIFFEIDs []string `json:"spiffeIDs"`
+	Prefixes  []string `json:"prefixes"`
+	// ExpiresAt (RFC 3339, UTC) is when the grant stops; empty: never.
+	ExpiresAt string `json:"expiresAt,omitempty"`
+	// Protocols lists what the peers may do; nil: everything.
+	Protocols *GrantProtocols `json:"protocols,omitempty"`
+}
+
+// GrantProtocols is what a grant allows, per protocol; a nil protocol
+// allows nothing of it.
+type GrantProtocols struct {
+	MCP *MCPGrant `json:"mcp,omitempty"`
+	A2A *A2AGrant `json:"a2a,omitempty"`
+}
+
+// MCPGrant lists MCP tool names and patterns ending in "*".
+type MCPGrant struct {
+	Tools []string `json:"tools"`
+}
+
+// A2AGrant lists A2A skill IDs and patterns ending in "*".
+type A2AGrant struct {
+	Skills []string `json:"skills"`
+}
+
+// Allows reports whether the whole-peer allow list lets a peer with this
+// SPIFFE ID in (Audit mode aside); grants are not consulted.
 func (a *Allowed) Allows(id string) bool {
-	if a.AllowAll || slices.Contains(a.SPIFFEIDs, id) {
+	return matches(a.AllowAll, a.SPIFFEIDs, a.Prefixes, id)
+}
+
+func matches(all bool, ids, prefixes []string, id string) bool {
+	if all || slices.Contains(ids, id) {
 		return true
 	}
-	for _, p := range a.Prefixes {
+	for _, p := range prefixes {
 		if strings.HasPrefix(id, p) {
 			return true
 		}
@@ -114,6 +168,9 @@ type Input struct {
 	// Policies are the compiled policies of the identity's namespace.
 	Policies []*Compiled
 	World    World
+	// Now is the instant of resolution: rules that expire at or before it
+	// are left out.
+	Now time.Time
 }
 
 // Resolve computes the effective policy of one identity. It also returns
@@ -135,12 +192,21 @@ func Resolve(in Input) (*Effective, []*Compiled) {
 		}
 	}
 	slices.SortFunc(selecting, func(a, b *Compiled) int { return strings.Compare(a.Name, b.Name) })
-	eff.Ingress = resolveDirection(in, selecting, func(p *Compiled) *Direction { return p.Ingress })
-	eff.Egress = resolveDirection(in, selecting, func(p *Compiled) *Direction { return p.Egress })
+	eff.Ingress = resolveDirection(in, selecting, "ingress", func(p *Compiled) *Direction { return p.Ingress })
+	eff.Egress = resolveDirection(in, selecting, "egress", func(p *Compiled) *Direction { return p.Egress })
+	for _, g := range append(slices.Clone(eff.Ingress.Grants), eff.Egress.Grants...) {
+		eff.Version = SchemaVersionV2
+		if g.ExpiresAt == "" {
+			continue
+		}
+		if t, err := time.Parse(time.RFC3339, g.ExpiresAt); err == nil && (eff.NextExpiry.IsZero() || t.Before(eff.NextExpiry)) {
+			eff.NextExpiry = t
+		}
+	}
 	return eff, selecting
 }
 
-func resolveDirection(in Input, selecting []*Compiled, dir func(*Compiled) *Direction) Allowed {
+func resolveDirection(in Input, selecting []*Compiled, name string, dir func(*Compiled) *Direction) Allowed {
 	a := Allowed{Mode: ModeEnforce, SPIFFEIDs: []string{}, Prefixes: []string{}, Policies: []string{}}
 	audit := true
 	for _, p := range selecting {
@@ -154,7 +220,13 @@ func resolveDirection(in Input, selecting []*Compiled, dir func(*Compiled) *Dire
 			// It might govern the identity; nothing it allows counts.
 			continue
 		}
-		for _, r := range d.Rules {
+		for i, r := range d.Rules {
+			if r.Grant() {
+				if g, ok := resolveGrant(in, p, r, fmt.Sprintf("%s[%d]", name, i)); ok {
+					a.Grants = append(a.Grants, g)
+				}
+				continue
+			}
 			if r.All {
 				a.AllowAll = true
 				continue
@@ -175,6 +247,33 @@ func resolveDirection(in Input, selecting []*Compiled, dir func(*Compiled) *Dire
 		a.Mode = ModeAudit
 	}
 	return normalize(a)
+}
+
+// resolveGrant resolves a rule with protocols or an expiry; an expired rule
+// resolves to nothing.
+func resolveGrant(in Input, p *Compiled, r Rule, rule string) (Grant, bool) {
+	if !r.ExpiresAt.IsZero() && !in.Now.Before(r.ExpiresAt) {
+		return Grant{}, false
+	}
+	peers := Allowed{SPIFFEIDs: []string{}, Prefixes: []string{}, AllowAll: r.All}
+	for _, peer := range r.Peers {
+		addPeer(&peers, in, p, peer)
+	}
+	peers = normalize(peers)
+	g := Grant{Policy: p.Name, Rule: rule, AllowAll: peers.AllowAll, SPIFFEIDs: peers.SPIFFEIDs, Prefixes: peers.Prefixes}
+	if !r.ExpiresAt.IsZero() {
+		g.ExpiresAt = r.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	if r.Protocols != nil {
+		g.Protocols = &GrantProtocols{}
+		if r.Protocols.MCPTools != nil {
+			g.Protocols.MCP = &MCPGrant{Tools: slices.Clone(r.Protocols.MCPTools)}
+		}
+		if r.Protocols.A2ASkills != nil {
+			g.Protocols.A2A = &A2AGrant{Skills: slices.Clone(r.Protocols.A2ASkills)}
+		}
+	}
+	return g, true
 }
 
 func addPeer(a *Allowed, in Input, p *Compiled, peer Peer) {

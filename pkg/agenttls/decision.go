@@ -3,6 +3,7 @@ package agenttls
 import (
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -17,6 +18,9 @@ const (
 	MatchSPIFFEID MatchKind = "spiffeID"
 	// MatchPrefix says the peer's SPIFFE ID starts with a listed prefix.
 	MatchPrefix MatchKind = "prefix"
+	// MatchGrant says a grant of policy.json v2 that has not expired
+	// matches the peer; Value names it ("worker-tools ingress[0]").
+	MatchGrant MatchKind = "grant"
 )
 
 // Match is the entry of the rules that allowed a peer: its kind and, for
@@ -57,9 +61,15 @@ type Decision struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// Decide evaluates direction d of the policy for peer. An unknown direction
-// decides nothing and admits nothing.
+// Decide evaluates direction d of the policy for peer, now. An unknown
+// direction decides nothing and admits nothing.
 func (p *Policy) Decide(d Direction, peer spiffeid.ID) Decision {
+	return p.DecideAt(d, peer, time.Now())
+}
+
+// DecideAt is Decide at the instant now, which decides whether the grants
+// of policy.json v2 have expired.
+func (p *Policy) DecideAt(d Direction, peer spiffeid.ID, now time.Time) Decision {
 	dec := Decision{Direction: d, Local: p.SPIFFEID, Peer: peer.String()}
 	r := p.Rules(d)
 	if r == nil {
@@ -67,18 +77,32 @@ func (p *Policy) Decide(d Direction, peer spiffeid.ID) Decision {
 		return dec
 	}
 	dec.Mode, dec.Policies, dec.Default = r.Mode, slices.Clone(r.Policies), r.Default
-	if m, ok := r.Match(peer); ok {
+	if m, ok := r.MatchAt(peer, now); ok {
 		dec.Allowed, dec.Admitted, dec.Match = true, true, &m
 		return dec
 	}
-	local, _ := spiffeid.FromString(p.SPIFFEID)
-	dec.Reason = (&PolicyError{Direction: d, Local: local, Peer: peer, Policies: dec.Policies, Default: r.Default}).Error()
+	dec.Reason = p.CheckAt(d, peer, now).Error()
 	dec.Admitted = r.Mode == ModeAudit
 	return dec
 }
 
-// Match returns the entry of the rules that allows peer, whatever the mode:
-// allowAll first, then an exact SPIFFE ID, then the first prefix.
+// MatchAt is Match, and then the first grant that matches peer and has not
+// expired at now.
+func (r *Rules) MatchAt(peer spiffeid.ID, now time.Time) (Match, bool) {
+	if m, ok := r.Match(peer); ok || peer.IsZero() {
+		return m, ok
+	}
+	for i := range r.Grants {
+		if g := &r.Grants[i]; g.matches(peer.String()) && !g.Expired(now) {
+			return Match{Kind: MatchGrant, Value: g.Name()}, true
+		}
+	}
+	return Match{}, false
+}
+
+// Match returns the whole-peer entry of the rules that allows peer, whatever
+// the mode: allowAll first, then an exact SPIFFE ID, then the first prefix.
+// Grants are MatchAt's.
 func (r *Rules) Match(peer spiffeid.ID) (Match, bool) {
 	if peer.IsZero() {
 		return Match{}, false

@@ -12,7 +12,7 @@
 //	tls.crt      AGENTMESH_CERT_FILE    the leaf X.509-SVID and its chain (PEM)
 //	tls.key      AGENTMESH_KEY_FILE     the leaf's private key (PKCS#8 PEM)
 //	bundle.pem   AGENTMESH_BUNDLE_FILE  the CAs of every trusted trust domain (PEM)
-//	policy.json  AGENTMESH_POLICY_FILE  the effective policy (agentmesh.dev/policy/v1)
+//	policy.json  AGENTMESH_POLICY_FILE  the effective policy (agentmesh.dev/policy/v1 or v2)
 //	             AGENTMESH_SPIFFE_ID    the agent's SPIFFE ID
 //
 // NewSource loads them (from the variables by default, or WithDir) and
@@ -53,6 +53,27 @@
 //
 // NewServer, NewTransport and NewHTTPClient wire these into net/http, and
 // PeerID returns the SPIFFE ID of a request's client.
+//
+// # Agent protocols: MCP tools and A2A skills
+//
+// policy.json v2 adds grants to a direction: rules of an AgentTrustPolicy
+// that restrict what their peers may do (MCP tools, A2A skills) or that
+// expire (expiresAt). A grant lets its peers connect until it expires; the
+// handshake checks the expiry with the Source's clock (WithClock), so a
+// policy.json that is not updated in time cannot extend a grant.
+// MCPHandler and A2AHandler enforce the rest, per request, on the verified
+// mTLS peer:
+//
+//	mux.Handle("/mcp", src.MCPHandler(mcp.NewStreamableHTTPHandler(getServer, nil)))
+//	srv := src.NewServer(":8443", mux)
+//
+// MCPHandler refuses a tools/call of a tool the peer may not call with a
+// JSON-RPC error (CodeForbidden) that names both SPIFFE IDs and the rules,
+// and filters tools/list; A2AHandler filters the Agent Card's skills and
+// refuses messages for other skills. Each refusal, and in Audit mode each
+// would-be refusal, is one DecisionRecord, sent to WithDecisionHook or logged
+// with log/slog (SlogDecisionHook). A peer that a whole-peer rule allows
+// (every v1 rule) may do everything.
 //
 // # go-spiffe
 //

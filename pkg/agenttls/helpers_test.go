@@ -30,12 +30,14 @@ var (
 	plannerID  = spiffeid.RequireFromString("spiffe://cluster.local/ns/agents/agent/planner")
 	outsiderID = spiffeid.RequireFromString("spiffe://cluster.local/ns/agents/agent/outsider")
 	auditorID  = spiffeid.RequireFromString("spiffe://partner.example/ns/ops/agent/auditor")
+
+	auditorLocal = spiffeid.RequireFromString("spiffe://cluster.local/ns/ops/agent/auditor")
 )
 
 // timeout bounds every wait of these tests.
 const timeout = 5 * time.Second
 
-func newCA(t *testing.T, td spiffeid.TrustDomain) *agenttlstest.CA {
+func newCA(t testing.TB, td spiffeid.TrustDomain) *agenttlstest.CA {
 	t.Helper()
 	ca, err := agenttlstest.NewCA(td)
 	if err != nil {
@@ -44,7 +46,7 @@ func newCA(t *testing.T, td spiffeid.TrustDomain) *agenttlstest.CA {
 	return ca
 }
 
-func issue(t *testing.T, ca *agenttlstest.CA, id spiffeid.ID, opts ...agenttlstest.LeafOption) *agenttlstest.Leaf {
+func issue(t testing.TB, ca *agenttlstest.CA, id spiffeid.ID, opts ...agenttlstest.LeafOption) *agenttlstest.Leaf {
 	t.Helper()
 	l, err := ca.Issue(id, opts...)
 	if err != nil {
@@ -74,7 +76,7 @@ type identity struct {
 
 // newIdentity issues a leaf of ca for id and writes the volume with policy
 // (the default policy when nil) and the bundles (ca's root when nil).
-func newIdentity(t *testing.T, ca *agenttlstest.CA, id spiffeid.ID, policy *agenttls.Policy,
+func newIdentity(t testing.TB, ca *agenttlstest.CA, id spiffeid.ID, policy *agenttls.Policy,
 	bundles map[spiffeid.TrustDomain][]*x509.Certificate, opts ...agenttlstest.LeafOption) *identity {
 	t.Helper()
 	if policy == nil {
@@ -93,12 +95,12 @@ func newIdentity(t *testing.T, ca *agenttlstest.CA, id spiffeid.ID, policy *agen
 }
 
 // write renders and writes the identity's current leaf, policy and bundles.
-func (i *identity) write(t *testing.T) {
+func (i *identity) write(t testing.TB) {
 	t.Helper()
 	i.writePayload(t, i.payload(t))
 }
 
-func (i *identity) payload(t *testing.T) map[string][]byte {
+func (i *identity) payload(t testing.TB) map[string][]byte {
 	t.Helper()
 	trust, err := agenttlstest.RenderTrust(i.policy, i.bundles)
 	if err != nil {
@@ -111,7 +113,7 @@ func (i *identity) payload(t *testing.T) map[string][]byte {
 	return p
 }
 
-func (i *identity) writePayload(t *testing.T, p map[string][]byte) {
+func (i *identity) writePayload(t testing.TB, p map[string][]byte) {
 	t.Helper()
 	if err := i.w.Write(p); err != nil {
 		t.Fatal(err)
@@ -119,7 +121,7 @@ func (i *identity) writePayload(t *testing.T, p map[string][]byte) {
 }
 
 // source starts a Source on the identity's directory, closed at cleanup.
-func (i *identity) source(t *testing.T, opts ...agenttls.Option) *agenttls.Source {
+func (i *identity) source(t testing.TB, opts ...agenttls.Option) *agenttls.Source {
 	t.Helper()
 	opts = append([]agenttls.Option{agenttls.WithDir(i.w.Dir()), agenttls.WithLogger(discard())}, opts...)
 	s, err := agenttls.NewSource(opts...)

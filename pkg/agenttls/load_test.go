@@ -132,9 +132,9 @@ func TestLoadRefusesBadFiles(t *testing.T) {
 		},
 		"unknown policy version": {
 			edit: func(p map[string][]byte) {
-				p[agenttls.PolicyFileName] = policyWith(func(p *agenttls.Policy) { p.Version = "agentmesh.dev/policy/v2" })
+				p[agenttls.PolicyFileName] = policyWith(func(p *agenttls.Policy) { p.Version = "agentmesh.dev/policy/v3" })
 			},
-			want: `version "agentmesh.dev/policy/v2" is not supported`,
+			want: `version "agentmesh.dev/policy/v3" is not supported`,
 		},
 		"policy of another identity": {
 			edit: func(p map[string][]byte) {

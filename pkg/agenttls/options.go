@@ -27,6 +27,7 @@ type sourceConfig struct {
 	noFSNotify bool
 	onError    func(error)
 	onUpdate   func(*Snapshot)
+	now        func() time.Time
 }
 
 // WithDir reads the four files from dir (tls.crt, tls.key, bundle.pem,
@@ -83,4 +84,15 @@ func WithErrorHandler(f func(error)) Option {
 // long.
 func WithUpdateHandler(f func(*Snapshot)) Option {
 	return func(c *sourceConfig) { c.onUpdate = f }
+}
+
+// WithClock sets the clock of policy decisions: when a grant of policy.json
+// has expired (time.Now otherwise). Certificates are verified against the
+// real time whatever it says. For tests.
+func WithClock(now func() time.Time) Option {
+	return func(c *sourceConfig) {
+		if now != nil {
+			c.now = now
+		}
+	}
 }

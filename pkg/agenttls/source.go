@@ -41,7 +41,7 @@ type Source struct {
 // their updates. A failed first load is an error: an agent should not start
 // without its identity.
 func NewSource(opts ...Option) (*Source, error) {
-	cfg := sourceConfig{log: slog.Default(), poll: DefaultPollInterval}
+	cfg := sourceConfig{log: slog.Default(), poll: DefaultPollInterval, now: time.Now}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -116,7 +116,8 @@ func (s *Source) verifyPeer(d Direction, chain []*x509.Certificate, want spiffei
 // peer; in Audit mode a peer the rules do not allow is logged and let
 // through.
 func (s *Source) authorize(snap *Snapshot, d Direction, peer spiffeid.ID) error {
-	dec := snap.policy.Decide(d, peer)
+	now := s.cfg.now()
+	dec := snap.policy.DecideAt(d, peer, now)
 	switch {
 	case dec.Allowed:
 		return nil
@@ -125,7 +126,7 @@ func (s *Source) authorize(snap *Snapshot, d Direction, peer spiffeid.ID) error 
 			"direction", string(d), "spiffeID", snap.id.String(), "peer", peer.String(), "reason", dec.Reason)
 		return nil
 	}
-	return snap.policy.Check(d, peer)
+	return snap.policy.CheckAt(d, peer, now)
 }
 
 // Authorizer returns a go-spiffe authorizer that enforces the current

@@ -161,6 +161,24 @@ spec:
     configMap: {name: partner-bundle, key: bundle.pem}
   mode: Audit
 `,
+		"policy with protocol restrictions and an expiry": `
+apiVersion: mtls.agentmesh.dev/v1alpha1
+kind: AgentTrustPolicy
+metadata: {name: tools}
+spec:
+  ingress:
+  - from:
+    - identitySelector: {matchLabels: {role: planner}}
+    protocols:
+      mcp: {tools: [search, "read_*", "github/create_issue"]}
+      a2a: {skills: [summarize, "translate.*", "urn:skill:x"]}
+  - from:
+    - identitySelector: {matchLabels: {role: planner}}
+    protocols:
+      mcp: {tools: ["*"]}
+    expiresAt: "2030-01-01T00:00:00Z"
+  - expiresAt: "2030-01-01T12:30:00+02:00"
+`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			ns := cluster.NewNamespace(t, k8s, "api-")
@@ -275,6 +293,22 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 			[]string{"spec.trustBundles[0].trustDomain", "Required value"}},
 		{"trust domain with upper case", policy("  trustBundles:\n  - trustDomain: Partner.Example\n    configMap: {name: b}\n"),
 			[]string{"spec.trustBundles[0].trustDomain", "should match"}},
+		{"protocols that restrict nothing", policy("  ingress:\n  - protocols: {}\n"),
+			[]string{"spec.ingress[0].protocols", "protocols must restrict mcp, a2a or both"}},
+		{"a tool pattern with a star inside", policy("  ingress:\n  - protocols: {mcp: {tools: ['read_*_all']}}\n"),
+			[]string{"spec.ingress[0].protocols.mcp.tools[0]", "should match"}},
+		{"a tool name with a space", policy("  ingress:\n  - protocols: {mcp: {tools: ['delete records']}}\n"),
+			[]string{"spec.ingress[0].protocols.mcp.tools[0]", "should match"}},
+		{"no tools", policy("  ingress:\n  - protocols: {mcp: {tools: []}}\n"),
+			[]string{"spec.ingress[0].protocols.mcp.tools", "at least 1 items"}},
+		{"a tool twice", policy("  ingress:\n  - protocols: {mcp: {tools: [search, search]}}\n"),
+			[]string{"spec.ingress[0].protocols.mcp.tools[1]", "Duplicate value"}},
+		{"a skill with a star inside", policy("  ingress:\n  - protocols: {a2a: {skills: ['*x']}}\n"),
+			[]string{"spec.ingress[0].protocols.a2a.skills[0]", "should match"}},
+		{"a tool name too long", policy("  ingress:\n  - protocols: {mcp: {tools: ['" + strings.Repeat("t", 129) + "']}}\n"),
+			[]string{"spec.ingress[0].protocols.mcp.tools[0]", "128"}},
+		{"expiresAt not a time", policy("  ingress:\n  - expiresAt: tomorrow\n"),
+			[]string{"spec.ingress[0].expiresAt", "date-time"}},
 	}
 	ns := cluster.NewNamespace(t, k8s, "api-")
 	for _, tc := range cases {

@@ -115,3 +115,41 @@ func mustCA(t *testing.T, td spiffeid.TrustDomain) *agenttlstest.CA {
 	}
 	return ca
 }
+
+// TestPolicyV2MatchesOperator: a policy.json v2 that the operator renders
+// (grants with tools, skills and an expiry) parses in the SDK and
+// marshals back to the same bytes.
+func TestPolicyV2MatchesOperator(t *testing.T) {
+	ca := mustCA(t, tdLocal)
+	eff := &policy.Effective{
+		Version:     policy.SchemaVersionV2,
+		SPIFFEID:    workerID.String(),
+		TrustDomain: "cluster.local",
+		Ingress: policy.Allowed{Mode: policy.ModeEnforce, SPIFFEIDs: []string{}, Prefixes: []string{}, Policies: []string{"worker-tools"},
+			Grants: []policy.Grant{
+				{Policy: "worker-tools", Rule: "ingress[0]", SPIFFEIDs: []string{"spiffe://cluster.local/ns/agents/agent/planner"}, Prefixes: []string{},
+					Protocols: &policy.GrantProtocols{MCP: &policy.MCPGrant{Tools: []string{"read_*", "search"}}, A2A: &policy.A2AGrant{Skills: []string{"summarize"}}}},
+				{Policy: "worker-tools", Rule: "ingress[1]", AllowAll: true, SPIFFEIDs: []string{}, Prefixes: []string{}, ExpiresAt: "2026-12-04T19:00:00Z"},
+			}},
+		Egress: policy.Allowed{Mode: policy.ModeEnforce, SPIFFEIDs: []string{}, Prefixes: []string{"spiffe://cluster.local/"},
+			Policies: []string{}, Default: policy.AllowAuthenticated},
+	}
+	want, err := policy.Render(eff, map[string][]*x509.Certificate{"cluster.local": {ca.Root}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := agenttls.ParsePolicy(want.PolicyJSON)
+	if err != nil {
+		t.Fatalf("the SDK refuses the operator's v2 policy.json: %v", err)
+	}
+	if len(p.Ingress.Grants) != 2 || p.Ingress.Grants[1].ExpiryTime().IsZero() {
+		t.Fatalf("grants %+v", p.Ingress.Grants)
+	}
+	again, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(append(again, '\n'), want.PolicyJSON) {
+		t.Errorf("agenttls.Policy does not round-trip policy.json v2:\n got %s\nwant %s", again, want.PolicyJSON)
+	}
+}
