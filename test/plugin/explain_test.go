@@ -73,6 +73,14 @@ func TestExplain(t *testing.T) {
 				!slices.Equal(d.Policies, []string{"worker-ingress"}) || d.Mode != agenttls.ModeEnforce {
 				t.Errorf("ingress decision %+v", d)
 			}
+			// The entry is traced back to the policy rule that made it.
+			if want := []explain.Source{{Policy: "worker-ingress", Rule: 0}}; !slices.Equal(v.Ingress.Sources, want) ||
+				!strings.HasSuffix(v.Ingress.Summary, "; from worker-ingress rule 0") {
+				t.Errorf("ingress sources %+v (%q), want %+v", v.Ingress.Sources, v.Ingress.Summary, want)
+			}
+			if len(v.Egress.Sources) != 0 {
+				t.Errorf("egress, which no policy governs, is attributed to %+v", v.Egress.Sources)
+			}
 			if e := v.Egress.Decision; e == nil || e.Match == nil || e.Match.Kind != agenttls.MatchPrefix || e.Default != "allow-authenticated" {
 				t.Errorf("egress decision %+v", e)
 			}

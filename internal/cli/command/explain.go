@@ -1,18 +1,22 @@
 package command
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/cli/explain"
+	"github.com/agentmesh/agentmesh/internal/policy"
 	"github.com/agentmesh/agentmesh/pkg/agenttls"
 )
 
@@ -109,5 +113,70 @@ func (o *Options) identitySide(ctx context.Context, aid *mtlsv1alpha1.AgentIdent
 	if err != nil {
 		return explain.Side{}, fmt.Errorf("ConfigMap %s: %w", key, err)
 	}
-	return explain.Side{Identity: ref, ID: id, Policy: p}, nil
+	return explain.Side{Identity: ref, ID: id, Policy: p, Source: o.policySource(ctx, aid, id)}, nil
+}
+
+// policySource reads the AgentTrustPolicies of the identity's namespace and
+// the identities and namespaces their peers select, for explain to name the
+// rules behind an allowed entry. Without them (no permission to read them,
+// say) nothing is attributed: nil.
+func (o *Options) policySource(ctx context.Context, aid *mtlsv1alpha1.AgentIdentity, id spiffeid.ID) *policy.Input {
+	list := &mtlsv1alpha1.AgentTrustPolicyList{}
+	if err := o.cl.List(ctx, list, client.InNamespace(aid.Namespace)); err != nil {
+		return nil
+	}
+	w := &clusterWorld{ctx: ctx, cl: o.cl}
+	in := &policy.Input{
+		TrustDomain: id.TrustDomain(), Default: policy.Deny,
+		Identity: policy.Identity{Namespace: aid.Namespace, Name: aid.Name, Labels: aid.Labels},
+		World:    w, Now: time.Now(),
+	}
+	for i := range list.Items {
+		in.Policies = append(in.Policies, policy.Compile(&list.Items[i]))
+	}
+	// Resolve every policy once now, so that a peer list that cannot be
+	// read leaves the attribution out rather than attributing wrongly.
+	for _, c := range in.Policies {
+		single := *in
+		single.Policies = []*policy.Compiled{c}
+		policy.Resolve(single)
+	}
+	if w.err != nil {
+		return nil
+	}
+	return in
+}
+
+// clusterWorld is policy.World read from the API server; the first error
+// is kept.
+type clusterWorld struct {
+	ctx context.Context
+	cl  client.Client
+	err error
+}
+
+func (w *clusterWorld) Identities(ns string) []policy.Identity {
+	list := &mtlsv1alpha1.AgentIdentityList{}
+	if err := w.cl.List(w.ctx, list, client.InNamespace(ns)); err != nil {
+		w.err = cmp.Or(w.err, err)
+		return nil
+	}
+	out := make([]policy.Identity, 0, len(list.Items))
+	for _, i := range list.Items {
+		out = append(out, policy.Identity{Namespace: i.Namespace, Name: i.Name, Labels: i.Labels})
+	}
+	return out
+}
+
+func (w *clusterWorld) Namespaces() []policy.Namespace {
+	list := &corev1.NamespaceList{}
+	if err := w.cl.List(w.ctx, list); err != nil {
+		w.err = cmp.Or(w.err, err)
+		return nil
+	}
+	out := make([]policy.Namespace, 0, len(list.Items))
+	for _, n := range list.Items {
+		out = append(out, policy.Namespace{Name: n.Name, Labels: n.Labels})
+	}
+	return out
 }

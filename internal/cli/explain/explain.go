@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/agentmesh/agentmesh/internal/cli/output"
+	"github.com/agentmesh/agentmesh/internal/policy"
 	"github.com/agentmesh/agentmesh/pkg/agenttls"
 )
 
@@ -26,6 +27,10 @@ type Side struct {
 	ID       spiffeid.ID
 	// Policy is the identity's policy.json; nil when not known.
 	Policy *agenttls.Policy
+	// Source, when set, is the identity with its namespace's
+	// AgentTrustPolicies as they are now, to name the rules behind an
+	// entry that allowed a peer (Attribute).
+	Source *policy.Input
 }
 
 // Step is one direction's evaluation.
@@ -37,6 +42,9 @@ type Step struct {
 	Trusted bool `json:"trusted"`
 	// Decision is agenttls.Policy.Decide's verdict (when Trusted).
 	Decision *agenttls.Decision `json:"decision,omitempty"`
+	// Sources are the policy rules behind the entry that allowed the peer
+	// (when the policies could be read).
+	Sources []Source `json:"sources,omitempty"`
 	// Passes says this direction lets the connection through.
 	Passes bool `json:"passes"`
 	// Summary is one line for people.
@@ -98,6 +106,10 @@ func step(local Side, peer spiffeid.ID, d agenttls.Direction) Step {
 	switch {
 	case dec.Allowed:
 		s.Summary = fmt.Sprintf("allowed by %s (%s mode, %s)", matchText(dec.Match), dec.Mode, governed(dec))
+		if local.Source != nil {
+			s.Sources = Attribute(*local.Source, d, dec.Match)
+			s.Summary += sourcesText(s.Sources)
+		}
 	case dec.Admitted:
 		s.Summary = fmt.Sprintf("not allowed, let through in Audit mode and logged (%s)", governed(dec))
 	default:
@@ -114,6 +126,17 @@ func matchText(m *agenttls.Match) string {
 		return "spiffeIDs entry " + m.Value
 	}
 	return "prefix " + m.Value
+}
+
+func sourcesText(sources []Source) string {
+	if len(sources) == 0 {
+		return ""
+	}
+	parts := make([]string, 0, len(sources))
+	for _, src := range sources {
+		parts = append(parts, fmt.Sprintf("%s rule %d", src.Policy, src.Rule))
+	}
+	return "; from " + strings.Join(parts, ", ")
 }
 
 func governed(d agenttls.Decision) string {
