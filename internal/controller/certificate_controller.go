@@ -40,6 +40,10 @@ import (
 // errSecretConflict means a Secret of the wanted name exists and is not ours.
 var errSecretConflict = errors.New("secret conflict")
 
+// errSecretNotCached means the Secret exists, ours and labelled as ours, but
+// the cache has not shown it yet: an earlier pass wrote it a moment ago.
+var errSecretNotCached = errors.New("secret not in the cache yet")
+
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/status,verbs=get;patch
 // +kubebuilder:rbac:groups=mtls.agentmesh.dev,resources=agentidentities/finalizers,verbs=update
@@ -395,6 +399,8 @@ func (r *CertificateReconciler) issue(ctx context.Context, s *certScope, p ident
 		switch {
 		case errors.Is(err, errSecretConflict):
 			return r.conflict(s), nil
+		case errors.Is(err, errSecretNotCached):
+			return ctrl.Result{RequeueAfter: 250 * time.Millisecond}, nil
 		case apierrors.IsConflict(err):
 			// Our view of the Secret was stale; the next pass sees the
 			// current one (and may find it fine already).
@@ -485,8 +491,9 @@ func conflictMessage(id *mtlsv1alpha1.AgentIdentity) string {
 // writeSecret creates or updates the identity's Secret with our labels,
 // annotations and owner reference, and with the data set by mutate. A
 // Secret that exists but is not in the cache is inspected directly: if it
-// is ours (the cache lags, or someone removed our labels) it is updated,
-// otherwise it is a conflict and left alone.
+// is ours and labelled so, the cache lags (errSecretNotCached: decide again
+// when it shows it); ours with our labels removed, it is updated; otherwise
+// it is a conflict and left alone.
 func (r *CertificateReconciler) writeSecret(ctx context.Context, s *certScope, mutate func(*corev1.Secret)) error {
 	sec := s.secret
 	if sec == nil {
@@ -504,6 +511,13 @@ func (r *CertificateReconciler) writeSecret(ctx context.Context, s *certScope, m
 		}
 		if !ownedBy(live, s.id) {
 			return errSecretConflict
+		}
+		if live.Labels[mtlsv1alpha1.LabelManagedBy] == mtlsv1alpha1.ManagedByValue && live.Labels[mtlsv1alpha1.LabelIdentity] == s.id.Name {
+			// The cache lags behind a write of an earlier pass: deciding
+			// again once it shows the Secret keeps a certificate that is
+			// fine instead of replacing it. (One whose labels were removed
+			// never reaches the cache, and is repaired below.)
+			return errSecretNotCached
 		}
 		sec = live
 	} else {
