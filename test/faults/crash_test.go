@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -273,7 +274,50 @@ func settled(ctx context.Context, k8s client.Client, oldSerial string) (rotation
 		sort.Strings(notReady)
 		return none, fmt.Errorf("%d identities not done, e.g. %s", len(notReady), notReady[0])
 	}
+	// Once the previous CA has left ca.crt, the operator takes it out of
+	// every bundle it wrote; that follows within moments, not at once.
+	if stale, err := bundlesHolding(ctx, k8s, oldSerial); err != nil || stale != "" {
+		return none, cmp.Or(err, fmt.Errorf("%s still holds the previous CA %s", stale, oldSerial))
+	}
 	return rotationState{active: st.Active.Serial, anchor: anchors[0]}, nil
+}
+
+// bundlesHolding names a bundle agentmesh wrote (an identity Secret's
+// ca.crt, a trust ConfigMap's bundle.pem) that still holds the CA of the
+// serial, or "".
+func bundlesHolding(ctx context.Context, k8s client.Client, serial string) (string, error) {
+	holds := func(b []byte) bool {
+		certs, err := certsOf(b)
+		if err != nil {
+			return true
+		}
+		for _, c := range certs {
+			if ca.SerialHex(c.SerialNumber) == serial {
+				return true
+			}
+		}
+		return false
+	}
+	managed := client.MatchingLabels{mtlsv1alpha1.LabelManagedBy: mtlsv1alpha1.ManagedByValue}
+	var secrets corev1.SecretList
+	if err := k8s.List(ctx, &secrets, managed); err != nil {
+		return "", err
+	}
+	for _, sec := range secrets.Items {
+		if b, ok := sec.Data[mtlsv1alpha1.SecretTrustKey]; ok && sec.Namespace != operatorNamespace && holds(b) {
+			return "Secret " + sec.Namespace + "/" + sec.Name, nil
+		}
+	}
+	var cms corev1.ConfigMapList
+	if err := k8s.List(ctx, &cms, managed); err != nil {
+		return "", err
+	}
+	for _, cm := range cms.Items {
+		if b, ok := cm.Data[mtlsv1alpha1.TrustBundleKey]; ok && cm.Namespace != operatorNamespace && holds([]byte(b)) {
+			return "ConfigMap " + cm.Namespace + "/" + cm.Name, nil
+		}
+	}
+	return "", nil
 }
 
 // leftovers names the agentmesh-labelled Secrets and ConfigMaps that are
