@@ -175,6 +175,11 @@ func (cfg Config) withDefaults() Config {
 	return cfg
 }
 
+// CacheOptions are the options of the manager's cache (cacheOptions), for
+// the benchmark, which builds the same cache to measure what each object
+// costs in it.
+func CacheOptions(operatorNamespace string) cache.Options { return cacheOptions(operatorNamespace) }
+
 // cacheOptions scope the manager's cache to what agentmesh reads: its own
 // Secrets and ConfigMaps (CA and bundle payloads shared between them, and
 // only the metadata of look-alikes), the

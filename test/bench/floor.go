@@ -19,13 +19,19 @@ import (
 	"github.com/agentmesh/agentmesh/internal/operator"
 )
 
-const floorNamespace = "bench-floor"
-
-// floorResult is the bare-write floor: what a plain client with the
-// manager's rate limits needs for the minimum writes of N identities.
+// floorResult is a bare-write floor: what a plain client needs for the
+// minimum writes of N identities. It is measured twice in a run: with the
+// manager's rate limits (the throttled floor: our own client-side limit)
+// and with no client-side rate limit (the unthrottled floor: what the API
+// server on this machine takes).
 type floorResult struct {
-	N       int
-	Elapsed time.Duration
+	N int
+	// Unthrottled says the client had no client-side rate limit; QPS and
+	// Burst are the limits otherwise.
+	Unthrottled bool
+	QPS         float64
+	Burst       int
+	Elapsed     time.Duration
 	// SecretBytes is the data size of each Secret; PatchBytes the size of
 	// each status merge patch.
 	SecretBytes int
@@ -35,6 +41,14 @@ type floorResult struct {
 
 func (f floorResult) writesPerSecond() float64 { return float64(2*f.N) / f.Elapsed.Seconds() }
 func (f floorResult) perSecond() float64       { return float64(f.N) / f.Elapsed.Seconds() }
+
+// limits describes the floor client's rate limits.
+func (f floorResult) limits() string {
+	if f.Unthrottled {
+		return "no client-side rate limit (QPS -1)"
+	}
+	return fmt.Sprintf("QPS %v/burst %d (the manager's)", f.QPS, f.Burst)
+}
 
 // identitySecretData is the data of an identity Secret as the operator
 // writes it (tls.crt, tls.key, ca.crt), issued by the operator's own CA and
@@ -104,11 +118,17 @@ func statusPatch(ns, name string, now time.Time) ([]byte, error) {
 
 func floorName(i int) string { return fmt.Sprintf("floor-%05d", i) }
 
-// runFloor measures the floor. Before the timed part it creates the N
-// AgentIdentities whose status it patches (the manager is not running, so
-// nothing else touches them); afterwards it deletes everything it made.
-func (e *env) runFloor(ctx context.Context) (floorResult, error) {
-	res := floorResult{N: e.cfg.N}
+// runFloor measures the floor, in namespace floorNamespace, with the
+// manager's rate limits (unthrottled false) or none. Before the timed part
+// it creates the N AgentIdentities whose status it patches (the manager is
+// not running, so nothing else touches them); afterwards it deletes
+// everything it made.
+func (e *env) runFloor(ctx context.Context, floorNamespace string, unthrottled bool) (floorResult, error) {
+	res := floorResult{N: e.cfg.N, Unthrottled: unthrottled, QPS: e.cfg.QPS, Burst: e.cfg.Burst}
+	what := "floor (throttled)"
+	if unthrottled {
+		what = "floor (unthrottled)"
+	}
 	if err := e.ensureNamespace(ctx, floorNamespace); err != nil {
 		return res, err
 	}
@@ -119,19 +139,25 @@ func (e *env) runFloor(ctx context.Context) (floorResult, error) {
 	for _, v := range data {
 		res.SecretBytes += len(v)
 	}
-	say("floor: preparing %d AgentIdentities to patch (not timed)", e.cfg.N)
+	say("%s: preparing %d AgentIdentities to patch (not timed)", what, e.cfg.N)
 	if err := parallel(ctx, e.cfg.N, 16, func(ctx context.Context, i int) error {
 		id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: floorNamespace, Name: floorName(i)}}
 		return e.cl.Create(ctx, id)
 	}); err != nil {
-		return res, fmt.Errorf("floor: creating AgentIdentities: %w", err)
+		return res, fmt.Errorf("%s: creating AgentIdentities: %w", what, err)
 	}
 
 	// The floor client: the manager's client stack (controller-runtime,
 	// JSON) with the manager's rate limits (which controller-runtime
 	// applies per resource: one token bucket for Secrets, one for
-	// AgentIdentities), and enough parallelism to reach them.
-	fc, err := client.New(fastConfig(e.cluster.Config, float32(e.cfg.QPS), e.cfg.Burst), client.Options{Scheme: operator.NewScheme()})
+	// AgentIdentities), and enough parallelism to reach them; or, for the
+	// unthrottled floor, with QPS -1, which gives the client no rate
+	// limiter at all (client-go makes a token bucket only for QPS > 0).
+	qps, burst := float32(e.cfg.QPS), e.cfg.Burst
+	if unthrottled {
+		qps, burst = -1, 0
+	}
+	fc, err := client.New(fastConfig(e.cluster.Config, qps, burst), client.Options{Scheme: operator.NewScheme()})
 	if err != nil {
 		return res, err
 	}
@@ -141,8 +167,8 @@ func (e *env) runFloor(ctx context.Context) (floorResult, error) {
 		return res, err
 	}
 	res.PatchBytes = len(p0)
-	say("floor: %d Secret creates (%d B of data each) and %d status merge patches (%d B each), QPS %v burst %d, %d workers",
-		e.cfg.N, res.SecretBytes, e.cfg.N, res.PatchBytes, e.cfg.QPS, e.cfg.Burst, e.cfg.FloorWorkers)
+	say("%s: %d Secret creates (%d B of data each) and %d status merge patches (%d B each), %s, %d workers",
+		what, e.cfg.N, res.SecretBytes, e.cfg.N, res.PatchBytes, res.limits(), e.cfg.FloorWorkers)
 	cpu0 := e.cpuSnapshot()
 	start := time.Now()
 	err = parallel(ctx, e.cfg.N, e.cfg.FloorWorkers, func(ctx context.Context, i int) error {
@@ -175,11 +201,11 @@ func (e *env) runFloor(ctx context.Context) (floorResult, error) {
 	res.Elapsed = time.Since(start)
 	res.CPU = e.cpuSnapshot().sub(cpu0)
 	if err != nil {
-		return res, fmt.Errorf("floor: %w", err)
+		return res, fmt.Errorf("%s: %w", what, err)
 	}
-	say("floor: %s, %.0f writes/s", res.Elapsed.Round(time.Millisecond), res.writesPerSecond())
+	say("%s: %s, %.0f writes/s", what, res.Elapsed.Round(time.Millisecond), res.writesPerSecond())
 
-	say("floor: deleting its objects (not timed)")
+	say("%s: deleting its objects (not timed)", what)
 	if err := parallel(ctx, e.cfg.N, 16, func(ctx context.Context, i int) error {
 		name := floorName(i)
 		if err := client.IgnoreNotFound(e.cl.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
@@ -188,7 +214,7 @@ func (e *env) runFloor(ctx context.Context) (floorResult, error) {
 		}
 		return client.IgnoreNotFound(e.cl.Delete(ctx, &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: floorNamespace, Name: name}}))
 	}); err != nil {
-		return res, fmt.Errorf("floor: cleaning up: %w", err)
+		return res, fmt.Errorf("%s: cleaning up: %w", what, err)
 	}
 	return res, nil
 }

@@ -7,13 +7,16 @@
 // The phases, in order, each reported with its goal and, for throughput,
 // as a ratio to the floor measured in the same run:
 //
-//  1. floor: a plain client with the manager's QPS and burst creates N
-//     identity-sized Secrets and N status-sized merge patches;
+//  1. floors: a plain client creates N identity-sized Secrets and N
+//     status-sized merge patches, once with the manager's QPS and burst
+//     (the throttled floor: our own rate limit) and once with no
+//     client-side rate limit (the unthrottled floor: the API server);
 //  2. bulk issuance: N AgentIdentities in one namespace until all are Ready
 //     with their Secret;
 //  3. policy fan-out: one namespace-wide AgentTrustPolicy until every trust
 //     ConfigMap names it;
-//  4. memory at N identities (VmHWM of the manager process);
+//  4. memory at N identities (VmHWM of the manager process, the live heap
+//     of its heap profile, and the bytes per object of its caches);
 //  5. latency: create -> Ready at a steady rate;
 //  6. webhook: admission latency of labelled Pod creates;
 //  7. cold restart over every identity, then again after adding unrelated

@@ -64,7 +64,12 @@ func (r *results) runPhases(ctx context.Context, e *env) error {
 	var err error
 	ph := r.cfg.Phases
 	if ph["floor"] {
-		if r.floor, err = e.runFloor(ctx); err != nil {
+		// Namespaces of the same length: the Secrets and patches (which
+		// name the namespace) are of the same size in both.
+		if r.floor, err = e.runFloor(ctx, "bench-floor-t", false); err != nil {
+			return err
+		}
+		if r.floorFree, err = e.runFloor(ctx, "bench-floor-u", true); err != nil {
 			return err
 		}
 		r.have.floor = true
@@ -103,6 +108,14 @@ func (r *results) runPhases(ctx context.Context, e *env) error {
 		r.goMemAtN = e.goMem(ctx)
 		e.heapProfile(ctx, "at-n-heap.pprof")
 		say("memory at %d identities: VmHWM %s, VmRSS %s", r.cfg.N, mib(r.memAtN.HWM), mib(r.memAtN.RSS))
+		if e.cfg.Profile {
+			if r.heapInuse, err = profileInuse(filepath.Join(r.cfg.OutDir, "at-n-heap.pprof")); err != nil {
+				say("heap profile: %v", err)
+			}
+		}
+		if r.caches, err = e.measureCaches(ctx); err != nil {
+			return fmt.Errorf("measuring the caches: %w", err)
+		}
 	}
 	if ph["latency"] {
 		if r.latency, err = e.runLatency(ctx); err != nil {
