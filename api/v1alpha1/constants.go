@@ -115,6 +115,24 @@ const (
 	// AnnotationContentHash holds a hash of what the operator wrote into a
 	// ConfigMap, so that unchanged content is never written again.
 	AnnotationContentHash = "mtls.agentmesh.dev/content-hash"
+	// AnnotationDataHash on an identity Secret holds a hash of the data the
+	// operator wrote into it (tls.crt, tls.key, ca.crt). The operator's
+	// cache keeps only the metadata, tls.crt and ca.crt of its Secrets and
+	// the hash of the data it saw (AnnotationCachedHash): when the two
+	// hashes agree, the Secret holds exactly what the operator wrote, and
+	// its key needs no fresh check.
+	AnnotationDataHash = "mtls.agentmesh.dev/data-hash"
+	// AnnotationCachedHash is set by the operator's cache, on its own copy
+	// of an identity Secret or trust ConfigMap only, never on the API
+	// server: the hash of the data the object held when the cache saw it
+	// (for a Secret, as AnnotationDataHash; for a trust ConfigMap, as
+	// AnnotationContentHash, or CachedHashOther when it holds anything but
+	// exactly bundle.pem and policy.json). The cache drops the data that
+	// the hash stands for.
+	AnnotationCachedHash = "mtls.agentmesh.dev/cached-hash"
+	// CachedHashOther is AnnotationCachedHash of a trust ConfigMap that
+	// does not hold exactly bundle.pem and policy.json.
+	CachedHashOther = "other"
 	// AnnotationSpecHash on an identity Secret holds a hash of the spec
 	// fields the certificate was issued for (SPIFFE ID, DNS names, key
 	// algorithm and size, duration); a different hash means a spec change.

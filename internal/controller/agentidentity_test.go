@@ -305,6 +305,16 @@ func TestRepair(t *testing.T) {
 	}
 	repaired("corrupting tls.key")
 
+	// A key that parses but is not the certificate's, the annotations left
+	// as agentmesh wrote them: the cache keeps no tls.key, and its hash of
+	// the data no longer matches the one recorded at the write.
+	s = getSecret(t, ns, "victim-tls")
+	s.Data["tls.key"] = getSecret(t, ns, "other-tls").Data["tls.key"]
+	if err := k8s.Update(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	repaired("swapping in another identity's key")
+
 	other := getSecret(t, ns, "other-tls")
 	s = getSecret(t, ns, "victim-tls")
 	s.Data["tls.crt"], s.Data["tls.key"] = other.Data["tls.crt"], other.Data["tls.key"]

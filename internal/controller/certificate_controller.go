@@ -188,6 +188,7 @@ func (r *CertificateReconciler) secretDelivery(ctx context.Context, s *certScope
 		Conflict:     conflict,
 		RenewRequest: s.id.Annotations[mtlsv1alpha1.AnnotationRenew],
 		RenewedFor:   annotation(s.secret, mtlsv1alpha1.AnnotationRenewed),
+		Unchanged:    s.secret != nil && dataUnchanged(s.secret),
 	}
 	p := identity.Decide(s.req, s.ca, obs, s.now)
 	switch {
@@ -329,8 +330,32 @@ func (r *CertificateReconciler) loadSecret(ctx context.Context, s *certScope) er
 	if !ownedBy(sec, s.id) {
 		return errSecretConflict
 	}
+	if _, ok := sec.Data[identity.SecretKeyKey]; !ok && !dataUnchanged(sec) {
+		// The cache keeps no tls.key, and the data is not what agentmesh
+		// wrote (tampered with, or written by an earlier version without
+		// a data hash): decide from the Secret in the API server.
+		live := &corev1.Secret{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(sec), live); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("reading Secret: %w", err)
+		}
+		if !ownedBy(live, s.id) {
+			return errSecretConflict
+		}
+		sec = live
+	}
 	s.secret = sec
 	return nil
+}
+
+// dataUnchanged says the Secret, as the cache saw it, holds exactly the data
+// agentmesh wrote into it: the hash of its data (computed by the cache)
+// is the one recorded at the write.
+func dataUnchanged(sec *corev1.Secret) bool {
+	seen := sec.Annotations[mtlsv1alpha1.AnnotationCachedHash]
+	return seen != "" && seen == sec.Annotations[mtlsv1alpha1.AnnotationDataHash]
 }
 
 // conflictPersists checks, after a pass that found the Secret name taken,
@@ -389,7 +414,7 @@ func (r *CertificateReconciler) issue(ctx context.Context, s *certScope, p ident
 		return r.fail(s, p, err), nil
 	}
 	renew := s.id.Annotations[mtlsv1alpha1.AnnotationRenew]
-	if err := r.writeSecret(ctx, s, func(sec *corev1.Secret) {
+	if err := r.writeSecret(ctx, s, false, func(sec *corev1.Secret) {
 		sec.Data = data
 		if renew != "" {
 			// Whatever the reason of this issuance, it serves the request.
@@ -436,7 +461,7 @@ func (r *CertificateReconciler) issue(ctx context.Context, s *certScope, p ident
 func (r *CertificateReconciler) keep(ctx context.Context, s *certScope, p identity.Plan) (ctrl.Result, error) {
 	if p.BundleStale {
 		bundle := s.ca.BundlePEM()
-		if err := r.writeSecret(ctx, s, func(sec *corev1.Secret) { sec.Data[identity.SecretTrustKey] = bundle }); err != nil {
+		if err := r.writeSecret(ctx, s, true, func(sec *corev1.Secret) { sec.Data[identity.SecretTrustKey] = bundle }); err != nil {
 			return ctrl.Result{}, fmt.Errorf("updating the trust bundle of Secret %s: %w", s.secret.Name, err)
 		}
 		s.log.V(1).Info("updated the trust bundle in the Secret")
@@ -489,12 +514,13 @@ func conflictMessage(id *mtlsv1alpha1.AgentIdentity) string {
 }
 
 // writeSecret creates or updates the identity's Secret with our labels,
-// annotations and owner reference, and with the data set by mutate. A
+// annotations and owner reference, and with the data set by mutate, which
+// keeps some of the data in place when keepsData is true. A
 // Secret that exists but is not in the cache is inspected directly: if it
 // is ours and labelled so, the cache lags (errSecretNotCached: decide again
 // when it shows it); ours with our labels removed, it is updated; otherwise
 // it is a conflict and left alone.
-func (r *CertificateReconciler) writeSecret(ctx context.Context, s *certScope, mutate func(*corev1.Secret)) error {
+func (r *CertificateReconciler) writeSecret(ctx context.Context, s *certScope, keepsData bool, mutate func(*corev1.Secret)) error {
 	sec := s.secret
 	if sec == nil {
 		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: s.id.Namespace, Name: s.id.EffectiveSecretName()}, Type: corev1.SecretTypeTLS}
@@ -520,8 +546,20 @@ func (r *CertificateReconciler) writeSecret(ctx context.Context, s *certScope, m
 			return errSecretNotCached
 		}
 		sec = live
-	} else {
+	} else if _, ok := sec.Data[identity.SecretKeyKey]; ok || !keepsData {
 		sec = sec.DeepCopy()
+	} else {
+		// The cache keeps no tls.key: the update starts from the Secret in
+		// the API server, the version the pass decided on, or is refused
+		// as a conflict and decided again.
+		live := &corev1.Secret{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(sec), live); err != nil {
+			return err
+		}
+		if live.ResourceVersion != sec.ResourceVersion {
+			return apierrors.NewConflict(corev1.Resource("secrets"), sec.Name, errors.New("the Secret changed since the cache saw it"))
+		}
+		sec = live
 	}
 	if err := r.decorateSecret(s, sec, mutate); err != nil {
 		return err
@@ -540,10 +578,12 @@ func (r *CertificateReconciler) decorateSecret(s *certScope, sec *corev1.Secret,
 	}
 	sec.Annotations[mtlsv1alpha1.AnnotationSPIFFEID] = s.req.SPIFFEID.String()
 	sec.Annotations[mtlsv1alpha1.AnnotationSpecHash] = s.req.Hash()
+	delete(sec.Annotations, mtlsv1alpha1.AnnotationCachedHash)
 	if sec.Data == nil {
 		sec.Data = map[string][]byte{}
 	}
 	mutate(sec)
+	sec.Annotations[mtlsv1alpha1.AnnotationDataHash] = identity.SecretDataHash(sec.Data)
 	// Drop a stale owner (an earlier identity of the same name) first.
 	refs := sec.OwnerReferences[:0]
 	for _, ref := range sec.OwnerReferences {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -142,13 +143,35 @@ func TestRotationIgnoresLookAlikesAndStrandedIdentities(t *testing.T) {
 	if len(s.Data) != 0 {
 		t.Errorf("cached look-alike Secret holds %d data keys", len(s.Data))
 	}
-	// The identity's own objects stay whole in the cache.
+	// The identity's own trust ConfigMap keeps its metadata and the hash of
+	// its content, the same as the one agentmesh recorded at the write;
+	// its Secret keeps tls.crt and ca.crt, and the hash of its data.
 	own := &corev1.ConfigMap{}
 	if err := cached.Get(ctx, types.NamespacedName{Namespace: "tenant", Name: good.TrustConfigMapName()}, own); err != nil {
 		t.Fatal(err)
 	}
-	if own.Data[mtlsv1alpha1.TrustBundleKey] == "" || own.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == "" {
-		t.Errorf("the identity's own trust ConfigMap lost its content in the cache")
+	if h := own.Annotations[mtlsv1alpha1.AnnotationCachedHash]; h == "" || h != own.Annotations[mtlsv1alpha1.AnnotationContentHash] ||
+		own.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == "" || len(own.Data) != 0 {
+		t.Errorf("the identity's own trust ConfigMap in the cache: annotations %v, %d data keys", own.Annotations, len(own.Data))
+	}
+	ownSecret := &corev1.Secret{}
+	if err := cached.Get(ctx, types.NamespacedName{Namespace: "tenant", Name: good.EffectiveSecretName()}, ownSecret); err != nil {
+		t.Fatal(err)
+	}
+	if h := ownSecret.Annotations[mtlsv1alpha1.AnnotationCachedHash]; h == "" || h != ownSecret.Annotations[mtlsv1alpha1.AnnotationDataHash] ||
+		len(ownSecret.Data[mtlsv1alpha1.SecretCertKey]) == 0 || len(ownSecret.Data[mtlsv1alpha1.SecretTrustKey]) == 0 {
+		t.Errorf("the identity's own Secret in the cache: annotations %v, data keys %v", ownSecret.Annotations, slices.Collect(maps.Keys(ownSecret.Data)))
+	}
+	if _, ok := ownSecret.Data[mtlsv1alpha1.SecretKeyKey]; ok {
+		t.Errorf("the operator's cache holds the private key of %s", ownSecret.Name)
+	}
+	// Nothing the cache computed reaches the API server.
+	live := &corev1.Secret{}
+	if err := cl.Get(ctx, client.ObjectKeyFromObject(ownSecret), live); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := live.Annotations[mtlsv1alpha1.AnnotationCachedHash]; ok {
+		t.Errorf("the cache-only annotation %s was written to the API server", mtlsv1alpha1.AnnotationCachedHash)
 	}
 }
 

@@ -185,7 +185,7 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 	// wrote is kept: content changed by someone else is resolved afresh,
 	// under which the unparseable policy allows nothing.
 	if c, before := frozenBy(compiled, existing); c != nil {
-		ours, err := r.keptIsOurs(ctx, s, existing, previous)
+		ours, err := r.keptIsOurs(ctx, s, existing)
 		if err != nil {
 			return trustResult{}, err
 		}
@@ -218,7 +218,10 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 	sel := summarize(selecting)
 	s.id.Status.Policies = sel.names
 
-	bundles, bundleProblems := r.trustBundles(ctx, s, selecting, previous)
+	bundles, bundleProblems, err := r.trustBundles(ctx, s, selecting, previous)
+	if err != nil {
+		return trustResult{}, err
+	}
 	if len(bundleProblems) > 0 {
 		sel.reason = mtlsv1alpha1.ReasonBundleInvalid
 		sel.problems = append(sel.problems, bundleProblems...)
@@ -240,12 +243,12 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 // keepTooLarge keeps the last trust ConfigMap when the current policy does
 // not fit in one. Content someone else changed is not kept: it is replaced
 // by a policy that allows nothing until the policy fits.
-func (r *TrustReconciler) keepTooLarge(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output, tooLarge error) (trustResult, error) {
+func (r *TrustReconciler) keepTooLarge(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous *previousTrust, tooLarge error) (trustResult, error) {
 	res := trustResult{published: existing != nil, reason: mtlsv1alpha1.ReasonPolicyTooLarge, message: tooLarge.Error() + "; the last trust ConfigMap is kept"}
 	if existing == nil {
 		return res, nil
 	}
-	ours, err := r.keptIsOurs(ctx, s, existing, previous)
+	ours, err := r.keptIsOurs(ctx, s, existing)
 	if err != nil {
 		return trustResult{}, err
 	}
@@ -275,11 +278,11 @@ func (r *TrustReconciler) keepTooLarge(ctx context.Context, s *trustScope, exist
 // just after a write). An identity whose status has no hash yet (written
 // by an earlier version) is checked against the ConfigMap's own hash
 // annotation.
-func (r *TrustReconciler) keptIsOurs(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output) (bool, error) {
-	if !holdsExactly(existing, previous) {
+func (r *TrustReconciler) keptIsOurs(ctx context.Context, s *trustScope, existing *corev1.ConfigMap) (bool, error) {
+	hash := contentHash(existing)
+	if hash == mtlsv1alpha1.CachedHashOther {
 		return false, nil
 	}
-	hash := previous.ContentHash()
 	recorded := s.id.Status.TrustContentHash
 	if recorded == "" {
 		return existing.Annotations[mtlsv1alpha1.AnnotationContentHash] == hash, nil
@@ -296,19 +299,70 @@ func (r *TrustReconciler) keptIsOurs(ctx context.Context, s *trustScope, existin
 
 // currentTrust reads the identity's trust ConfigMap, nil when there is none
 // or it is not the identity's, and what it holds.
-func (r *TrustReconciler) currentTrust(ctx context.Context, s *trustScope) (*corev1.ConfigMap, policy.Output, error) {
+func (r *TrustReconciler) currentTrust(ctx context.Context, s *trustScope) (*corev1.ConfigMap, *previousTrust, error) {
 	name := s.id.TrustConfigMapName()
 	existing := &corev1.ConfigMap{}
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.id.Namespace, Name: name}, existing); err != nil {
 		if !apierrors.IsNotFound(err) {
-			return nil, policy.Output{}, fmt.Errorf("reading ConfigMap %s: %w", name, err)
+			return nil, &previousTrust{}, fmt.Errorf("reading ConfigMap %s: %w", name, err)
 		}
-		return nil, policy.Output{}, nil
+		return nil, &previousTrust{}, nil
 	}
 	if !ownedConfigMap(existing, s.id) {
-		return nil, policy.Output{}, nil
+		return nil, &previousTrust{}, nil
 	}
-	return existing, policy.Output{BundlePEM: []byte(existing.Data[policy.BundleKey]), PolicyJSON: []byte(existing.Data[policy.PolicyKey])}, nil
+	return existing, &previousTrust{r: r, cm: existing}, nil
+}
+
+// previousTrust is what the trust ConfigMap in place holds. The cache
+// keeps only its metadata and the hash of its content (see the operator's
+// cache transforms), which is what the common decisions need ("does it
+// hold what the policies say now?"). The content itself is read from the
+// API server, at most once a pass, by the few paths that reuse it: a kept
+// policy (frozen or too large) whose anchors change, a federated bundle
+// that cannot be read and keeps its last good content.
+type previousTrust struct {
+	r *TrustReconciler
+	// cm is the cached trust ConfigMap; nil when there is none.
+	cm  *corev1.ConfigMap
+	out *policy.Output
+}
+
+// output is the content of the trust ConfigMap in place, empty when there
+// is none. The API server's copy must be the one the cache saw (the same
+// content hash): otherwise the pass fails and is retried once the cache
+// has caught up.
+func (p *previousTrust) output(ctx context.Context) (policy.Output, error) {
+	switch {
+	case p.out != nil:
+		return *p.out, nil
+	case p.cm == nil:
+		return policy.Output{}, nil
+	}
+	cm := p.cm
+	if _, slim := cm.Annotations[mtlsv1alpha1.AnnotationCachedHash]; slim {
+		live := &corev1.ConfigMap{}
+		if err := p.r.APIReader.Get(ctx, client.ObjectKeyFromObject(p.cm), live); err != nil {
+			return policy.Output{}, fmt.Errorf("reading ConfigMap %s: %w", p.cm.Name, err)
+		}
+		if policy.DataContentHash(live.Data, live.BinaryData) != contentHash(p.cm) {
+			return policy.Output{}, fmt.Errorf("ConfigMap %s changed since the cache saw it", p.cm.Name)
+		}
+		cm = live
+	}
+	out := policy.Output{BundlePEM: []byte(cm.Data[policy.BundleKey]), PolicyJSON: []byte(cm.Data[policy.PolicyKey])}
+	p.out = &out
+	return out, nil
+}
+
+// contentHash is the content hash of a trust ConfigMap: the one the cache
+// recorded when it dropped the data, or computed from the data of a copy
+// that has it.
+func contentHash(cm *corev1.ConfigMap) string {
+	if h, ok := cm.Annotations[mtlsv1alpha1.AnnotationCachedHash]; ok {
+		return h
+	}
+	return policy.DataContentHash(cm.Data, cm.BinaryData)
 }
 
 // compiledPolicies compiles the namespace's AgentTrustPolicies.
@@ -382,9 +436,13 @@ func (sel selection) message(posture policy.Posture) string {
 // because of an error) current in one respect: the own trust domain's CAs,
 // which a CA rotation must be able to propagate whatever the policies say.
 // It returns the content hash of what is in place afterwards.
-func (r *TrustReconciler) refreshAnchors(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, previous policy.Output) (string, error) {
+func (r *TrustReconciler) refreshAnchors(ctx context.Context, s *trustScope, existing *corev1.ConfigMap, prev *previousTrust) (string, error) {
 	if existing.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] == s.ca.BundleHash() {
-		return previous.ContentHash(), nil
+		return contentHash(existing), nil
+	}
+	previous, err := prev.output(ctx)
+	if err != nil {
+		return "", err
 	}
 	eff := &policy.Effective{}
 	if err := json.Unmarshal(previous.PolicyJSON, eff); err != nil {
@@ -407,7 +465,7 @@ func (r *TrustReconciler) refreshAnchors(ctx context.Context, s *trustScope, exi
 // that cannot be read keeps its last good content from the previous
 // ConfigMap (or is left out when there is none, which refuses that trust
 // domain's peers rather than trusting something unchecked).
-func (r *TrustReconciler) trustBundles(ctx context.Context, s *trustScope, selecting []*policy.Compiled, previous policy.Output) (map[string][]*x509.Certificate, []string) {
+func (r *TrustReconciler) trustBundles(ctx context.Context, s *trustScope, selecting []*policy.Compiled, previous *previousTrust) (map[string][]*x509.Certificate, []string, error) {
 	own := r.TrustDomain.Name()
 	bundles := map[string][]*x509.Certificate{own: s.ca.Anchors}
 	var prev map[string][]*x509.Certificate
@@ -422,7 +480,15 @@ func (r *TrustReconciler) trustBundles(ctx context.Context, s *trustScope, selec
 			certs, err := r.readBundle(ctx, s.id.Namespace, ref)
 			if err != nil {
 				if prev == nil {
-					prev = policy.PreviousBundles(previous)
+					out, perr := previous.output(ctx)
+					if perr != nil {
+						// Without the last good bundle the ConfigMap would
+						// lose it: write nothing this pass.
+						return nil, nil, perr
+					}
+					if prev = policy.PreviousBundles(out); prev == nil {
+						prev = map[string][]*x509.Certificate{}
+					}
 				}
 				kept := "no earlier bundle to keep: its peers are refused"
 				if len(prev[td]) > 0 {
@@ -435,7 +501,7 @@ func (r *TrustReconciler) trustBundles(ctx context.Context, s *trustScope, selec
 			bundles[td] = appendNew(bundles[td], certs)
 		}
 	}
-	return bundles, problems
+	return bundles, problems, nil
 }
 
 // readBundle reads a federated bundle from its ConfigMap, through the cache
@@ -473,7 +539,14 @@ func ReadTrustBundle(ctx context.Context, cached, live client.Reader, ns string,
 // else. The content is compared, not the hash annotation: someone who edits
 // policy.json (allowAll: true) or adds a CA to bundle.pem and leaves the
 // annotation alone gets the ConfigMap rewritten.
+//
+// The cache keeps no content, only the hash of the content it saw
+// (AnnotationCachedHash, computed from the data, not read from an
+// annotation anyone can set), which is compared then.
 func holdsExactly(cm *corev1.ConfigMap, out policy.Output) bool {
+	if h, ok := cm.Annotations[mtlsv1alpha1.AnnotationCachedHash]; ok {
+		return h == out.ContentHash()
+	}
 	return len(cm.Data) == 2 && len(cm.BinaryData) == 0 &&
 		cm.Data[policy.BundleKey] == string(out.BundlePEM) && cm.Data[policy.PolicyKey] == string(out.PolicyJSON)
 }
@@ -502,6 +575,7 @@ func (r *TrustReconciler) writeTrustConfigMap(ctx context.Context, s *trustScope
 	if cm.Annotations == nil {
 		cm.Annotations = map[string]string{}
 	}
+	delete(cm.Annotations, mtlsv1alpha1.AnnotationCachedHash)
 	cm.Annotations[mtlsv1alpha1.AnnotationContentHash] = hash
 	cm.Annotations[mtlsv1alpha1.AnnotationPolicies] = policies
 	cm.Annotations[mtlsv1alpha1.AnnotationAnchorsHash] = anchors

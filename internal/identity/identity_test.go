@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -331,5 +332,33 @@ func TestBackoff(t *testing.T) {
 	}
 	if Backoff(9) != 256*time.Second || Backoff(10) != BackoffMax || Backoff(1000) != BackoffMax {
 		t.Errorf("cap: Backoff(9)=%s Backoff(10)=%s Backoff(1000)=%s", Backoff(9), Backoff(10), Backoff(1000))
+	}
+}
+
+func TestSecretDataHash(t *testing.T) {
+	base := map[string][]byte{"tls.crt": []byte("C"), "tls.key": []byte("K"), "ca.crt": []byte("B")}
+	h := SecretDataHash(base)
+	if len(h) != 32 {
+		t.Fatalf("hash %q: want 32 hex digits", h)
+	}
+	differ := map[string]map[string][]byte{
+		"key changed":             {"tls.crt": []byte("C"), "tls.key": []byte("L"), "ca.crt": []byte("B")},
+		"key removed":             {"tls.crt": []byte("C"), "ca.crt": []byte("B")},
+		"key empty":               {"tls.crt": []byte("C"), "tls.key": {}, "ca.crt": []byte("B")},
+		"a key added":             {"tls.crt": []byte("C"), "tls.key": []byte("K"), "ca.crt": []byte("B"), "x": {}},
+		"bytes moved across keys": {"tls.crt": []byte("CK"), "tls.key": {}, "ca.crt": []byte("B")},
+	}
+	for name, d := range differ {
+		if SecretDataHash(d) == h {
+			t.Errorf("%s: same hash as the data written", name)
+		}
+	}
+	if SecretDataHash(map[string][]byte{"a": []byte("bc")}) == SecretDataHash(map[string][]byte{"ab": []byte("c")}) {
+		t.Error("a key/value boundary moved gives the same hash")
+	}
+	for range 20 { // map order must not matter
+		if SecretDataHash(maps.Clone(base)) != h {
+			t.Fatal("the hash depends on map order")
+		}
 	}
 }

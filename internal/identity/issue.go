@@ -6,11 +6,15 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"time"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
@@ -170,4 +174,27 @@ func (i *Issued) SecretData(bundlePEM []byte) (map[string][]byte, error) {
 		SecretKeyKey:   key,
 		SecretTrustKey: bundlePEM,
 	}, nil
+}
+
+// SecretDataHash is the hash of an identity Secret's data that the
+// operator records in mtls.agentmesh.dev/data-hash when it writes the
+// Secret, and that its cache computes from what it sees: every key and
+// value, in key order, each with its length, so that no two different
+// data maps hash alike.
+func SecretDataHash(data map[string][]byte) string {
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	h := sha256.New()
+	var n [8]byte
+	for _, k := range keys {
+		for _, part := range [][]byte{[]byte(k), data[k]} {
+			binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+			h.Write(n[:])
+			h.Write(part)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
 }

@@ -34,6 +34,11 @@ type Observed struct {
 	// RenewedFor is the Secret's mtls.agentmesh.dev/renewed-for
 	// annotation: the request its certificate was issued for.
 	RenewedFor string
+	// Unchanged says the Secret holds exactly the data the operator wrote
+	// (its data hash, recorded at the write, matches the data seen), in
+	// which tls.key matched tls.crt: Data may then lack tls.key, and the
+	// key is not parsed again. Everything else is checked as always.
+	Unchanged bool
 }
 
 // Failure is a failed issuance the status reports: how many attempts in a
@@ -175,6 +180,11 @@ func parseAndMatchKey(c *checkContext) (string, string) {
 	certs, err := ca.ParseCertificatesPEM(certPEM)
 	if err != nil {
 		return mtlsv1alpha1.ReasonSecretRepaired, fmt.Sprintf("%s cannot be parsed: %v", SecretCertKey, err)
+	}
+	if c.obs.Unchanged {
+		c.leaf, c.chain = certs[0], certs[1:]
+		c.renewal = RenewalFor(c.req, c.obs.UID, c.leaf)
+		return "", ""
 	}
 	keyPEM := c.obs.Data[SecretKeyKey]
 	if len(keyPEM) == 0 {

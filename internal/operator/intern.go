@@ -4,19 +4,27 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/identity"
+	"github.com/agentmesh/agentmesh/internal/policy"
 )
 
-// Every identity's Secret holds the same trust bundle (ca.crt), and every
-// trust ConfigMap the same bundle.pem and, for identities under the same
-// policies, the same policy.json. Decoded from the API, each copy is a
-// separate allocation: at 10,000 identities that is tens of MiB of one
-// bundle repeated. The cache transforms below make every cached copy share
-// one backing array per distinct payload. The bytes are unchanged, so
-// nothing that reads the cache can tell; readers get deep copies (or, with
-// UnsafeDisableDeepCopy, promise not to mutate), as for any cached object.
+// Every identity's Secret holds the same trust bundle (ca.crt). Decoded
+// from the API, each copy is a separate allocation: at 10,000 identities
+// that is tens of MiB of one bundle repeated. The cache transforms below
+// make every cached copy share one backing array per distinct payload. The
+// bytes are unchanged, so nothing that reads the cache can tell; readers
+// get deep copies (or, with UnsafeDisableDeepCopy, promise not to mutate),
+// as for any cached object.
+//
+// What reconciling does not read is not kept at all: an identity Secret's
+// tls.key and a trust ConfigMap's content give way to a hash of what the
+// cache saw (mtlsv1alpha1.AnnotationCachedHash), which the reconcilers
+// compare with the hash they recorded when they wrote the object; they
+// read the object from the API server when a decision needs its data.
 
 // internMinSize is the smallest payload worth sharing: below it the
 // lookup costs more than the copy.
@@ -81,7 +89,12 @@ func (in *interner) bytesOf(b []byte) []byte {
 }
 
 // secretTransform strips managed fields, keeps only the metadata of a
-// look-alike, and shares the trust bundle of an identity Secret.
+// look-alike, and of an identity Secret keeps what the certificate
+// reconciler decides from: its metadata, tls.crt, ca.crt (shared) and the
+// hash of the data it holds (AnnotationCachedHash), not tls.key. The
+// reconciler trusts the key in place when that hash is the one it recorded
+// when it wrote the Secret (AnnotationDataHash), and otherwise reads the
+// Secret from the API server.
 func (in *interner) secretTransform(obj any) (any, error) {
 	obj, err := stripManagedFields(obj)
 	if err != nil {
@@ -89,6 +102,13 @@ func (in *interner) secretTransform(obj any) (any, error) {
 	}
 	obj = shrinkLookAlike(obj, in.operatorNamespace)
 	if s, ok := obj.(*corev1.Secret); ok {
+		if identityOwned(s) {
+			if s.Annotations == nil {
+				s.Annotations = map[string]string{}
+			}
+			s.Annotations[mtlsv1alpha1.AnnotationCachedHash] = identity.SecretDataHash(s.Data)
+			delete(s.Data, identity.SecretKeyKey)
+		}
 		if b, ok := s.Data[identity.SecretTrustKey]; ok {
 			s.Data[identity.SecretTrustKey] = in.bytesOf(b)
 		}
@@ -97,8 +117,11 @@ func (in *interner) secretTransform(obj any) (any, error) {
 }
 
 // configMapTransform strips managed fields, keeps only the metadata of a
-// look-alike, and shares every large value of a trust ConfigMap
-// (bundle.pem, policy.json).
+// look-alike, and of a trust ConfigMap only its metadata and the hash of
+// its content (AnnotationCachedHash), which is all the trust reconciler
+// decides from; it reads the content from the API server in the few cases
+// that reuse it. Other ConfigMaps (the CA status in the operator's
+// namespace) keep their data, large values shared.
 func (in *interner) configMapTransform(obj any) (any, error) {
 	obj, err := stripManagedFields(obj)
 	if err != nil {
@@ -106,9 +129,25 @@ func (in *interner) configMapTransform(obj any) (any, error) {
 	}
 	obj = shrinkLookAlike(obj, in.operatorNamespace)
 	if cm, ok := obj.(*corev1.ConfigMap); ok {
+		if identityOwned(cm) {
+			if cm.Annotations == nil {
+				cm.Annotations = map[string]string{}
+			}
+			cm.Annotations[mtlsv1alpha1.AnnotationCachedHash] = policy.DataContentHash(cm.Data, cm.BinaryData)
+			cm.Data, cm.BinaryData = nil, nil
+			return cm, nil
+		}
 		for k, v := range cm.Data {
 			cm.Data[k] = in.str(v)
 		}
 	}
 	return obj, nil
+}
+
+// identityOwned says an AgentIdentity controls obj: it is an identity's
+// Secret or trust ConfigMap (or a look-alike in the operator's namespace,
+// which may hold the same).
+func identityOwned(obj metav1.Object) bool {
+	ref := metav1.GetControllerOfNoCopy(obj)
+	return ref != nil && ref.Kind == "AgentIdentity" && ref.APIVersion == mtlsv1alpha1.GroupVersion.String()
 }

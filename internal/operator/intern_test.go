@@ -12,6 +12,7 @@ import (
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/identity"
+	"github.com/agentmesh/agentmesh/internal/policy"
 )
 
 // writtenForAnIdentity is the owner of what agentmesh writes for an
@@ -41,22 +42,34 @@ func TestInternSharesTheBundleOfSecrets(t *testing.T) {
 		}
 		got = append(got, o.(*corev1.Secret))
 	}
+	want := identity.SecretDataHash(identitySecret(bundle, key).Data)
 	for i, s := range got {
 		if s.ManagedFields != nil {
 			t.Errorf("secret %d: managed fields kept", i)
 		}
-		if !bytes.Equal(s.Data[identity.SecretTrustKey], []byte(bundle)) || !bytes.Equal(s.Data[identity.SecretKeyKey], []byte(key)) {
-			t.Errorf("secret %d: data changed", i)
+		if !bytes.Equal(s.Data[identity.SecretTrustKey], []byte(bundle)) {
+			t.Errorf("secret %d: ca.crt changed", i)
+		}
+		if _, ok := s.Data[identity.SecretKeyKey]; ok {
+			t.Errorf("secret %d: tls.key kept in the cache", i)
+		}
+		if h := s.Annotations[mtlsv1alpha1.AnnotationCachedHash]; h != want {
+			t.Errorf("secret %d: cached hash %q, want the hash of the data seen, %q", i, h, want)
 		}
 		if unsafe.SliceData(s.Data[identity.SecretTrustKey]) != unsafe.SliceData(got[0].Data[identity.SecretTrustKey]) {
 			t.Errorf("secret %d: ca.crt not shared with secret 0", i)
 		}
-		if i > 0 && unsafe.SliceData(s.Data[identity.SecretKeyKey]) == unsafe.SliceData(got[0].Data[identity.SecretKeyKey]) {
-			t.Errorf("secret %d: tls.key shared; only the bundle should be", i)
-		}
+	}
+	// Another key is other data, with another hash.
+	o, err := in.secretTransform(identitySecret(bundle, strings.Repeat("L", 200)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.(*corev1.Secret).Annotations[mtlsv1alpha1.AnnotationCachedHash] == want {
+		t.Errorf("a different tls.key has the same cached hash")
 	}
 	// A different bundle (a CA rotation) is its own payload.
-	o, err := in.secretTransform(identitySecret(strings.Repeat("C", 900), key))
+	o, err = in.secretTransform(identitySecret(strings.Repeat("C", 900), key))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,12 +78,45 @@ func TestInternSharesTheBundleOfSecrets(t *testing.T) {
 	}
 }
 
+func TestTrustConfigMapsKeepOnlyTheHashOfTheirContent(t *testing.T) {
+	in := newInterner("agentmesh-system")
+	out := policy.Output{BundlePEM: []byte(strings.Repeat("B", 900)), PolicyJSON: []byte(`{"mode":"Enforce"}`)}
+	cases := map[string]struct {
+		data   map[string]string
+		binary map[string][]byte
+		want   string
+	}{
+		"what agentmesh writes": {map[string]string{"bundle.pem": string(out.BundlePEM), "policy.json": string(out.PolicyJSON)}, nil, out.ContentHash()},
+		"policy.json edited":    {map[string]string{"bundle.pem": string(out.BundlePEM), "policy.json": `{"allowAll":true}`}, nil, policy.Output{BundlePEM: out.BundlePEM, PolicyJSON: []byte(`{"allowAll":true}`)}.ContentHash()},
+		"a key added":           {map[string]string{"bundle.pem": string(out.BundlePEM), "policy.json": string(out.PolicyJSON), "x": "y"}, nil, mtlsv1alpha1.CachedHashOther},
+		"binary data added":     {map[string]string{"bundle.pem": string(out.BundlePEM), "policy.json": string(out.PolicyJSON)}, map[string][]byte{"x": {1}}, mtlsv1alpha1.CachedHashOther},
+		"policy.json removed":   {map[string]string{"bundle.pem": string(out.BundlePEM)}, nil, mtlsv1alpha1.CachedHashOther},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			o, err := in.configMapTransform(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "agents", OwnerReferences: writtenForAnIdentity}, Data: tc.data, BinaryData: tc.binary})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cm := o.(*corev1.ConfigMap)
+			if cm.Data != nil || cm.BinaryData != nil {
+				t.Errorf("the cache keeps the content: %v %v", cm.Data, cm.BinaryData)
+			}
+			if got := cm.Annotations[mtlsv1alpha1.AnnotationCachedHash]; got != tc.want {
+				t.Errorf("cached hash %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestInternConfigMapValues(t *testing.T) {
 	in := newInterner("agentmesh-system")
 	bundle, policy := strings.Repeat("B", 900), `{"allow":[`+strings.Repeat(`"x",`, 60)+`"y"]}`
 	cm := func() *corev1.ConfigMap {
 		// Build the values at run time so that each is its own allocation.
-		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{OwnerReferences: writtenForAnIdentity}, Data: map[string]string{
+		// A ConfigMap of the operator's namespace that no identity owns
+		// keeps its data (a trust ConfigMap keeps only its hash).
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "agentmesh-system"}, Data: map[string]string{
 			"bundle.pem": strings.Clone(bundle), "policy.json": strings.Clone(policy), "small": strings.Clone("tiny"),
 		}}
 	}

@@ -158,6 +158,18 @@ func PreviousBundles(out Output) map[string][]*x509.Certificate {
 	return prev
 }
 
+// DataContentHash is the content hash of a trust ConfigMap's data: that of
+// the Output it holds (ContentHash) when it holds exactly bundle.pem and
+// policy.json, and mtlsv1alpha1.CachedHashOther otherwise.
+func DataContentHash(data map[string]string, binaryData map[string][]byte) string {
+	bundle, okB := data[BundleKey]
+	pol, okP := data[PolicyKey]
+	if len(data) != 2 || len(binaryData) != 0 || !okB || !okP {
+		return mtlsv1alpha1.CachedHashOther
+	}
+	return Output{BundlePEM: []byte(bundle), PolicyJSON: []byte(pol)}.ContentHash()
+}
+
 // ContentHash identifies a trust ConfigMap's content, to skip no-op writes.
 func (o Output) ContentHash() string {
 	h := sha256.New()
