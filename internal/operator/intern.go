@@ -48,10 +48,50 @@ type interner struct {
 	mu      sync.Mutex
 	strings map[string]string
 	bytes   map[string][]byte
+	// names are the short strings every object's metadata repeats (see
+	// shareMeta).
+	names map[string]string
 }
 
 func newInterner(operatorNamespace string) *interner {
-	return &interner{operatorNamespace: operatorNamespace, strings: map[string]string{}, bytes: map[string][]byte{}}
+	return &interner{operatorNamespace: operatorNamespace, strings: map[string]string{}, bytes: map[string][]byte{}, names: map[string]string{}}
+}
+
+// name returns the shared copy of a short string that repeats; the caller
+// holds mu.
+func (in *interner) name(s string) string {
+	if v, ok := in.names[s]; ok {
+		return v
+	}
+	if len(in.names) >= internMaxEntries {
+		clear(in.names)
+	}
+	in.names[s] = s
+	return s
+}
+
+// shareMeta shares the strings that every cached object's metadata
+// repeats: its namespace, its label and annotation keys, the managed-by
+// label's value and its owner references' apiVersion and kind. Decoded,
+// each is its own allocation, a few hundred bytes an object in all. (A
+// map assignment to a key that is present stores the new, shared key.)
+func (in *interner) shareMeta(m *metav1.ObjectMeta) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	m.Namespace = in.name(m.Namespace)
+	for k, v := range m.Labels {
+		if k == mtlsv1alpha1.LabelManagedBy {
+			v = in.name(v)
+		}
+		m.Labels[in.name(k)] = v
+	}
+	for k, v := range m.Annotations {
+		m.Annotations[in.name(k)] = v
+	}
+	for i := range m.OwnerReferences {
+		r := &m.OwnerReferences[i]
+		r.APIVersion, r.Kind = in.name(r.APIVersion), in.name(r.Kind)
+	}
 }
 
 // str returns the shared copy of s.
@@ -102,6 +142,7 @@ func (in *interner) secretTransform(obj any) (any, error) {
 	}
 	obj = shrinkLookAlike(obj, in.operatorNamespace)
 	if s, ok := obj.(*corev1.Secret); ok {
+		defer in.shareMeta(&s.ObjectMeta)
 		if identityOwned(s) {
 			if s.Annotations == nil {
 				s.Annotations = map[string]string{}
@@ -129,6 +170,7 @@ func (in *interner) configMapTransform(obj any) (any, error) {
 	}
 	obj = shrinkLookAlike(obj, in.operatorNamespace)
 	if cm, ok := obj.(*corev1.ConfigMap); ok {
+		defer in.shareMeta(&cm.ObjectMeta)
 		if identityOwned(cm) {
 			if cm.Annotations == nil {
 				cm.Annotations = map[string]string{}

@@ -154,3 +154,50 @@ func TestInternIsBounded(t *testing.T) {
 		t.Errorf("after the reset: %d entries, want 10", n)
 	}
 }
+
+func TestMetadataStringsAreShared(t *testing.T) {
+	in := newInterner("agentmesh-system")
+	obj := func(name string) *corev1.ConfigMap {
+		// Clones: each object decoded has its own copies.
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
+			Namespace: strings.Clone("agents"), Name: name,
+			Labels: map[string]string{strings.Clone(mtlsv1alpha1.LabelManagedBy): strings.Clone(mtlsv1alpha1.ManagedByValue),
+				strings.Clone(mtlsv1alpha1.LabelIdentity): name},
+			Annotations: map[string]string{strings.Clone(mtlsv1alpha1.AnnotationPolicies): "p=1"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: strings.Clone(mtlsv1alpha1.GroupVersion.String()), Kind: strings.Clone("AgentIdentity"),
+				Name: name, UID: "u", Controller: ptr.To(true)}},
+		}}
+	}
+	var got []*corev1.ConfigMap
+	for _, name := range []string{"a", "b"} {
+		o, err := in.configMapTransform(obj(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, o.(*corev1.ConfigMap))
+	}
+	keyData := func(m map[string]string, key string) *byte {
+		for k := range m {
+			if k == key {
+				return unsafe.StringData(k)
+			}
+		}
+		t.Fatalf("no key %s in %v", key, m)
+		return nil
+	}
+	a, b := got[0], got[1]
+	for what, same := range map[string]bool{
+		"namespace":          unsafe.StringData(a.Namespace) == unsafe.StringData(b.Namespace),
+		"label key":          keyData(a.Labels, mtlsv1alpha1.LabelIdentity) == keyData(b.Labels, mtlsv1alpha1.LabelIdentity),
+		"managed-by value":   unsafe.StringData(a.Labels[mtlsv1alpha1.LabelManagedBy]) == unsafe.StringData(b.Labels[mtlsv1alpha1.LabelManagedBy]),
+		"annotation key":     keyData(a.Annotations, mtlsv1alpha1.AnnotationPolicies) == keyData(b.Annotations, mtlsv1alpha1.AnnotationPolicies),
+		"owner's apiVersion": unsafe.StringData(a.OwnerReferences[0].APIVersion) == unsafe.StringData(b.OwnerReferences[0].APIVersion),
+	} {
+		if !same {
+			t.Errorf("%s: not shared", what)
+		}
+	}
+	if a.Labels[mtlsv1alpha1.LabelIdentity] != "a" || b.Labels[mtlsv1alpha1.LabelIdentity] != "b" || b.Annotations[mtlsv1alpha1.AnnotationPolicies] != "p=1" {
+		t.Errorf("metadata changed: %v %v", a.ObjectMeta, b.ObjectMeta)
+	}
+}
