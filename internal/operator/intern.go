@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"reflect"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -143,12 +144,13 @@ func (in *interner) secretTransform(obj any) (any, error) {
 	obj = shrinkLookAlike(obj, in.operatorNamespace)
 	if s, ok := obj.(*corev1.Secret); ok {
 		defer in.shareMeta(&s.ObjectMeta)
-		if identityOwned(s) {
+		if identityOwned(s) && !sameMap(s.StringData, slimSecret) {
 			if s.Annotations == nil {
 				s.Annotations = map[string]string{}
 			}
 			s.Annotations[mtlsv1alpha1.AnnotationCachedHash] = identity.SecretDataHash(s.Data)
 			delete(s.Data, identity.SecretKeyKey)
+			s.StringData = slimSecret
 		}
 		if b, ok := s.Data[identity.SecretTrustKey]; ok {
 			s.Data[identity.SecretTrustKey] = in.bytesOf(b)
@@ -172,11 +174,14 @@ func (in *interner) configMapTransform(obj any) (any, error) {
 	if cm, ok := obj.(*corev1.ConfigMap); ok {
 		defer in.shareMeta(&cm.ObjectMeta)
 		if identityOwned(cm) {
+			if sameMap(cm.BinaryData, slimConfigMap) {
+				return cm, nil
+			}
 			if cm.Annotations == nil {
 				cm.Annotations = map[string]string{}
 			}
 			cm.Annotations[mtlsv1alpha1.AnnotationCachedHash] = policy.DataContentHash(cm.Data, cm.BinaryData)
-			cm.Data, cm.BinaryData = nil, nil
+			cm.Data, cm.BinaryData = nil, slimConfigMap
 			return cm, nil
 		}
 		for k, v := range cm.Data {
@@ -184,6 +189,25 @@ func (in *interner) configMapTransform(obj any) (any, error) {
 		}
 	}
 	return obj, nil
+}
+
+// The transforms may see an object twice: the reflector's streaming list
+// (WatchList) transforms each object into its temporary store, and the
+// queue transforms it again when the list replaces the cache's content. A
+// second pass over an object slimmed already must leave it alone (its hash
+// would otherwise be of what is left). Slimmed objects carry a marker that
+// no decoded object can: one of these empty maps, told by its address,
+// where the API server never sends anything (a Secret's write-only
+// stringData; a trust ConfigMap's binaryData, which the slim copy drops).
+// Readers get deep copies, in which the marker is an ordinary empty map.
+var (
+	slimSecret    = map[string]string{}
+	slimConfigMap = map[string][]byte{}
+)
+
+// sameMap says a and b are the same map (not only equal).
+func sameMap[M ~map[K]V, K comparable, V any](a, b M) bool {
+	return a != nil && reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // identityOwned says an AgentIdentity controls obj: it is an identity's

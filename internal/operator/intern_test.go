@@ -60,8 +60,28 @@ func TestInternSharesTheBundleOfSecrets(t *testing.T) {
 			t.Errorf("secret %d: ca.crt not shared with secret 0", i)
 		}
 	}
+	// The reflector's streaming list transforms an object twice: the second
+	// pass leaves the hash of the data seen.
+	o, err := in.secretTransform(got[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := o.(*corev1.Secret).Annotations[mtlsv1alpha1.AnnotationCachedHash]; h != want {
+		t.Errorf("transformed twice: cached hash %q, want %q", h, want)
+	}
+	// What the API server sends never passes for a slim copy, whatever it
+	// holds: an empty stringData and a forged hash are transformed anew.
+	forged := identitySecret(bundle, key)
+	forged.StringData = map[string]string{}
+	forged.Annotations = map[string]string{mtlsv1alpha1.AnnotationCachedHash: "forged"}
+	if o, err = in.secretTransform(forged); err != nil {
+		t.Fatal(err)
+	}
+	if h := o.(*corev1.Secret).Annotations[mtlsv1alpha1.AnnotationCachedHash]; h != want {
+		t.Errorf("a forged cached hash was kept: %q", h)
+	}
 	// Another key is other data, with another hash.
-	o, err := in.secretTransform(identitySecret(bundle, strings.Repeat("L", 200)))
+	o, err = in.secretTransform(identitySecret(bundle, strings.Repeat("L", 200)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +111,7 @@ func TestTrustConfigMapsKeepOnlyTheHashOfTheirContent(t *testing.T) {
 		"a key added":           {map[string]string{"bundle.pem": string(out.BundlePEM), "policy.json": string(out.PolicyJSON), "x": "y"}, nil, mtlsv1alpha1.CachedHashOther},
 		"binary data added":     {map[string]string{"bundle.pem": string(out.BundlePEM), "policy.json": string(out.PolicyJSON)}, map[string][]byte{"x": {1}}, mtlsv1alpha1.CachedHashOther},
 		"policy.json removed":   {map[string]string{"bundle.pem": string(out.BundlePEM)}, nil, mtlsv1alpha1.CachedHashOther},
+		"emptied":               {nil, map[string][]byte{}, mtlsv1alpha1.CachedHashOther},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -99,11 +120,19 @@ func TestTrustConfigMapsKeepOnlyTheHashOfTheirContent(t *testing.T) {
 				t.Fatal(err)
 			}
 			cm := o.(*corev1.ConfigMap)
-			if cm.Data != nil || cm.BinaryData != nil {
+			if len(cm.Data) != 0 || len(cm.BinaryData) != 0 {
 				t.Errorf("the cache keeps the content: %v %v", cm.Data, cm.BinaryData)
 			}
 			if got := cm.Annotations[mtlsv1alpha1.AnnotationCachedHash]; got != tc.want {
 				t.Errorf("cached hash %q, want %q", got, tc.want)
+			}
+			// The reflector's streaming list transforms an object twice.
+			o, err = in.configMapTransform(cm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := o.(*corev1.ConfigMap).Annotations[mtlsv1alpha1.AnnotationCachedHash]; got != tc.want {
+				t.Errorf("transformed twice: cached hash %q, want %q", got, tc.want)
 			}
 		})
 	}
