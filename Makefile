@@ -97,7 +97,7 @@ bench: tools build ## Benchmark bin/manager against a local control plane (BENCH
 
 # The packages whose tests need no API server: pure logic and the SDK.
 UNIT_PACKAGES := ./internal/agentid/... ./internal/ca/... ./internal/identity/... ./internal/policy/... \
-	./internal/logging/... ./internal/webhookcert/... ./internal/cli/... ./pkg/... ./cmd/...
+	./internal/logging/... ./internal/webhookcert/... ./internal/cli/... ./pkg/... ./cmd/... ./examples/...
 
 .PHONY: test-unit
 test-unit: ## Run the tests of the pure packages and the SDK (seconds, nothing to build or start).

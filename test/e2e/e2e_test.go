@@ -261,11 +261,14 @@ func volumeDir(t *testing.T, deployment string) string {
 
 // Result mirrors the agent's JSON lines.
 type Result struct {
-	Time  time.Time `json:"time"`
-	Conn  string    `json:"conn"`
-	OK    bool      `json:"ok"`
-	Error string    `json:"error"`
-	Reply *struct {
+	Time time.Time `json:"time"`
+	Conn string    `json:"conn"`
+	// Tool and Listed: the MCP client's lines.
+	Tool   string   `json:"tool"`
+	Listed []string `json:"listed"`
+	OK     bool     `json:"ok"`
+	Error  string   `json:"error"`
+	Reply  *struct {
 		Server       string `json:"server"`
 		ServerSerial string `json:"serverSerial"`
 		Client       string `json:"client"`
