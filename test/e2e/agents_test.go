@@ -22,12 +22,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
-	"github.com/agentmesh/agentmesh/internal/cli/command"
 	"github.com/agentmesh/agentmesh/internal/cli/explain"
 	"github.com/agentmesh/agentmesh/internal/cli/inspect"
 	"github.com/agentmesh/agentmesh/internal/controller"
@@ -826,15 +824,13 @@ func handshake(port int, cert tls.Certificate) error {
 // output into v; it returns the exit code and the output.
 func plugin(t *testing.T, v any, args ...string) (int, string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	code := command.Execute(ctx, genericiooptions.IOStreams{In: &bytes.Buffer{}, Out: &out, ErrOut: &errOut},
-		append([]string{"--kubeconfig", kubeconfig}, args...))
-	if err := json.Unmarshal(out.Bytes(), v); err != nil {
-		t.Fatalf("kubectl agentmesh %v: exit %d, output not JSON: %v\n%s%s", args, code, err, out.String(), errOut.String())
+	code, stdout, stderr := cluster.RunPlugin(ctx, kubeconfig, args...)
+	if err := json.Unmarshal([]byte(stdout), v); err != nil {
+		t.Fatalf("kubectl agentmesh %v: exit %d, output not JSON: %v\n%s%s", args, code, err, stdout, stderr)
 	}
-	return code, out.String() + errOut.String()
+	return code, stdout + stderr
 }
 
 func run(t *testing.T, name string, args ...string) string {
