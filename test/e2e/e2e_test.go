@@ -137,7 +137,7 @@ func runSuite(m *testing.M) int {
 			return fail(err)
 		}
 	}
-	if err := installChart(ctx, root); err != nil {
+	if err := installChart(ctx); err != nil {
 		return fail(err)
 	}
 	defer saveManagerLogs()
