@@ -220,3 +220,76 @@ func TestConnectionsHaveABoundedAge(t *testing.T) {
 		}
 	})
 }
+
+// TestRevokedConnectionsDrain: a request in flight when its connection's
+// peer stops being allowed finishes, on whichever side the files changed;
+// the connection is closed once idle, and on the server a request that
+// starts on the draining connection is refused.
+func TestRevokedConnectionsDrain(t *testing.T) {
+	ca := newCA(t, tdLocal)
+	for _, tc := range []struct {
+		name   string
+		revoke func(t *testing.T, worker, planner *identity)
+	}{
+		{"the server's ingress stops allowing the client", func(t *testing.T, worker, _ *identity) {
+			worker.policy = ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, outsiderID)
+			worker.write(t)
+		}},
+		{"the client's egress stops allowing the server", func(t *testing.T, _, planner *identity) {
+			planner.policy = egressOnly(plannerID, "planner-egress", outsiderID)
+			planner.write(t)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			worker := newIdentity(t, ca, workerID, ingressOnly(workerID, "worker-ingress", agenttls.ModeEnforce, plannerID), nil)
+			workerSrc := worker.source(t, agenttls.WithPollInterval(20*time.Millisecond))
+			planner := newIdentity(t, ca, plannerID, nil, nil)
+			plannerSrc := planner.source(t, agenttls.WithPollInterval(20*time.Millisecond))
+			entered, release := make(chan struct{}, 1), make(chan struct{})
+			url := startServer(t, workerSrc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/slow" {
+					entered <- struct{}{}
+					<-release
+				}
+				fmt.Fprint(w, "hello")
+			}))
+			client := plannerSrc.NewHTTPClient()
+			defer client.CloseIdleConnections()
+			if _, err := get(t, client, url); err != nil {
+				t.Fatal(err)
+			}
+			slow := make(chan error, 1)
+			go func() { _, err := get(t, client, url+"/slow"); slow <- err }()
+			<-entered
+			before, beforeClient := workerSrc.Snapshot(), plannerSrc.Snapshot()
+			tc.revoke(t, worker, planner)
+			waitFor(t, "the new files", func() bool {
+				return workerSrc.Snapshot() != before || plannerSrc.Snapshot() != beforeClient
+			})
+			// Let a wrong cut happen.
+			time.Sleep(150 * time.Millisecond)
+			if workerSrc.Snapshot() != before {
+				// On the draining connection (HTTP/2, beside the request in
+				// flight) a new request is refused.
+				resp, err := client.Get(url)
+				if err != nil {
+					t.Fatalf("a request beside the one in flight: %v", err)
+				}
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusMisdirectedRequest || resp.ProtoMajor != 2 {
+					t.Errorf("a request that started on the draining connection: %s over HTTP/%d, want 421 over HTTP/2", resp.Status, resp.ProtoMajor)
+				}
+			}
+			close(release)
+			if err := <-slow; err != nil {
+				t.Errorf("the request in flight at the revocation failed: %v", err)
+			}
+			waitFor(t, "both ends to drop the connection once idle", func() bool {
+				return workerSrc.Connections() == 0 && plannerSrc.Connections() == 0
+			})
+			if _, err := get(t, client, url); err == nil {
+				t.Error("a new connection was let in after the revocation")
+			}
+		})
+	}
+}
