@@ -1,6 +1,7 @@
 package agenttls
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"net"
@@ -35,7 +36,7 @@ const (
 // for its last response to be flushed; revokedPoll is how often a client
 // looks for its revoked connections to have gone idle.
 const (
-	revokedSettle = 100 * time.Millisecond
+	revokedSettle = 5 * time.Millisecond
 	revokedPoll   = 50 * time.Millisecond
 )
 
@@ -81,9 +82,12 @@ type conn struct {
 	gen       atomic.Uint64 // counts state changes
 	old       atomic.Bool   // past its maximum age
 	revoked   atomic.Bool   // its peer is no longer allowed
-	closed    atomic.Bool
-	mu        sync.Mutex
-	timers    []*time.Timer
+	// revokedAt and idleAt (UnixNano): when it was revoked, and when its
+	// last request in flight ended.
+	revokedAt, idleAt atomic.Int64
+	closed            atomic.Bool
+	mu                sync.Mutex
+	timers            []*time.Timer
 }
 
 // after runs f after d unless the connection is taken off the set first.
@@ -211,11 +215,14 @@ func (s *Source) recheck() {
 
 // revoke drains c (see recheck).
 func (s *Source) revoke(c *conn) {
+	c.revokedAt.Store(time.Now().UnixNano())
 	c.revoked.Store(true)
 	switch {
 	case c.server:
 		c.after(RevokedDrain, c.close)
 		if c.idle.Load() {
+			// Idle: nothing to drain; the settle is for a response that
+			// ended a moment ago to be flushed.
 			c.closeIfStillIdle(revokedSettle)
 		}
 	case c.closeIdle != nil:
@@ -239,22 +246,84 @@ func (s *Source) revoke(c *conn) {
 	}
 }
 
-// refuseRevoked is NewServer's handler: a request that starts on a
-// connection whose peer is no longer allowed is refused (421, the
-// connection is not the one to use), so a draining connection serves only
-// what it had in flight.
+// refuseRevoked is NewServer's handler. A request that starts on a
+// connection whose peer is no longer allowed is refused (421: this
+// connection is not the one to use), unless it starts within revokedSettle
+// (5 ms) of the revocation or of the connection's last response, so a
+// draining connection serves what it had in flight and what was already on
+// its way. A response that begins after the connection was
+// revoked says "Connection: close": over HTTP/2 the server then sends
+// GOAWAY, and the client moves its next requests to a new connection
+// instead of meeting the close.
 func (s *Source) refuseRevoked(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if tc, ok := r.Context().Value(connKey{}).(*tls.Conn); ok {
-			if c := s.conns.get(tc); c != nil && c.revoked.Load() {
-				w.Header().Set("Connection", "close")
-				http.Error(w, "agentmesh: the peer of this connection is no longer allowed", http.StatusMisdirectedRequest)
-				return
-			}
+		tc, ok := r.Context().Value(connKey{}).(*tls.Conn)
+		c := (*conn)(nil)
+		if ok {
+			c = s.conns.get(tc)
 		}
-		next.ServeHTTP(w, r)
+		if c == nil || c.keep {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if c.revoked.Load() && !c.settling() {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "agentmesh: the peer of this connection is no longer allowed", http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(&drainWriter{ResponseWriter: w, c: c}, r)
 	})
 }
+
+// settling reports whether a revoked connection is within revokedSettle of
+// its revocation or of the end of its last request: a request that starts
+// then was most likely sent before the client could learn of the close, and
+// is served, with "Connection: close" (net/http does not retry a POST that
+// meets a closing connection); later ones are refused.
+func (c *conn) settling() bool {
+	since := time.Now().UnixNano() - max(c.revokedAt.Load(), c.idleAt.Load())
+	return since < int64(revokedSettle)
+}
+
+// drainWriter adds "Connection: close" to a response whose headers are
+// written after its connection was revoked.
+type drainWriter struct {
+	http.ResponseWriter
+	c       *conn
+	started bool
+}
+
+func (d *drainWriter) WriteHeader(code int) {
+	if !d.started && code >= 200 {
+		d.started = true
+		if d.c.revoked.Load() {
+			d.Header().Set("Connection", "close")
+		}
+	}
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *drainWriter) Write(b []byte) (int, error) {
+	if !d.started {
+		d.WriteHeader(http.StatusOK)
+	}
+	return d.ResponseWriter.Write(b)
+}
+
+// Flush, Hijack and Unwrap keep what the connection's ResponseWriter can
+// do (streaming responses, websockets).
+func (d *drainWriter) Flush() {
+	if !d.started {
+		d.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(d.ResponseWriter).Flush()
+}
+
+func (d *drainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(d.ResponseWriter).Hijack()
+}
+
+func (d *drainWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // connKey is the context key of a request's *tls.Conn in NewServer.
 type connKey struct{}
@@ -299,6 +368,7 @@ func (s *Source) serverConnState(o tlsOptions) func(net.Conn, http.ConnState) {
 		case http.StateIdle:
 			if c := s.conns.get(tc); c != nil {
 				c.gen.Add(1)
+				c.idleAt.Store(time.Now().UnixNano())
 				c.idle.Store(true)
 				switch {
 				case c.revoked.Load():
