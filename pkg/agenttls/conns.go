@@ -57,10 +57,11 @@ func WithIdleTimeout(d time.Duration) TLSOption {
 }
 
 // KeepRevokedConnections leaves established connections alone when the
-// policy or the CAs change. By default NewServer and NewTransport close
-// every connection whose peer the new files would refuse in a handshake:
-// its CA left the bundle, its certificate expired, or the policy no longer
-// allows it (in Audit mode the refusal is logged and the connection kept).
+// policy or the CAs change. By default NewServer and NewTransport drain and
+// close every connection whose peer the new files would refuse in a
+// handshake: its CA left the bundle, its certificate expired, or the policy
+// no longer allows it (in Audit mode the refusal is logged and the
+// connection kept). See RevokedDrain.
 func KeepRevokedConnections() TLSOption {
 	return func(o *tlsOptions) { o.keepRevoked = true }
 }
