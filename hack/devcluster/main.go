@@ -147,12 +147,11 @@ agentmesh is running against a local control plane. In another terminal:
   kubectl get secret worker-tls -n agents -o jsonpath='{.data.tls\.crt}' | base64 -d | openssl x509 -noout -text
   kubectl describe agentidentity worker -n agents   # conditions, serial, renewal time, events
   kubectl get pods -A -o wide   # the operator's Pod and the sample agents (config/samples/pods/)
-  kubectl logs -n agentmesh-system deploy/agentmesh   # the operator's log (also on this terminal)
-  kubectl logs deploy/planner -n agents --tail=3   # one JSON line per mTLS call to the worker
+%s  kubectl logs deploy/planner -n agents --tail=3   # one JSON line per mTLS call to the worker
   kubectl exec deploy/worker -n agents -- /agent ls /var/run/agentmesh   # the files the kubelet projected
 
 Press Ctrl-C to stop the operator and the control plane.
-`, kubeconfig, filepath.Dir(kubectl))
+`, kubeconfig, filepath.Dir(kubectl), operatorLogHint(exited == nil))
 
 	select {
 	case <-ctx.Done():
@@ -160,6 +159,15 @@ Press Ctrl-C to stop the operator and the control plane.
 	case <-exited:
 		return errors.New("the operator exited; see its log above")
 	}
+}
+
+// operatorLogHint is the line of the hints that says where the operator's
+// log is, when it runs as a Pod.
+func operatorLogHint(asPod bool) string {
+	if !asPod {
+		return ""
+	}
+	return "  kubectl logs -n agentmesh-system deploy/agentmesh   # the operator's log (also on this terminal)\n"
 }
 
 // chartValues are the chart's values for make dev: the operator's extra
