@@ -16,6 +16,8 @@ HELM := $(BIN)/helm
 
 # Extra operator flags for make dev; e.g. make dev MANAGER_ARGS='--default-policy=deny'.
 MANAGER_ARGS ?=
+# Extra flags of hack/devcluster for make dev; e.g. make dev DEV_ARGS=-operator-process.
+DEV_ARGS ?=
 
 # go test flags; e.g. make test GO_TEST_FLAGS='-run TestAPI -v'.
 GO_TEST_FLAGS ?=
@@ -97,7 +99,7 @@ bench: tools build ## Benchmark bin/manager against a local control plane (BENCH
 
 # The packages whose tests need no API server: pure logic and the SDK.
 UNIT_PACKAGES := ./internal/agentid/... ./internal/ca/... ./internal/identity/... ./internal/policy/... \
-	./internal/logging/... ./internal/webhookcert/... ./internal/cli/... ./pkg/... ./cmd/...
+	./internal/logging/... ./internal/webhookcert/... ./internal/cli/... ./pkg/... ./cmd/... ./examples/...
 
 .PHONY: test-unit
 test-unit: ## Run the tests of the pure packages and the SDK (seconds, nothing to build or start).
@@ -125,7 +127,7 @@ images: ## Build the operator, example-agent and pause images from static binari
 .PHONY: dev
 dev: tools build images ## Start a local cluster (control plane and, as root, a node), run the operator, apply the samples and run the sample agents.
 	go build -o $(BIN)/devcluster ./hack/devcluster
-	$(BIN)/devcluster --manager=$(BIN)/manager --manager-args="$(MANAGER_ARGS)"
+	$(BIN)/devcluster --manager=$(BIN)/manager --manager-args="$(MANAGER_ARGS)" $(DEV_ARGS)
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a container runtime).

@@ -4,7 +4,9 @@
 // agentmesh injects (through pkg/agenttls, no agentmesh code of its own)
 // and either serves HTTPS to the peers its policy allows, or calls a server
 // over and over, on a connection it keeps and on a new connection each time,
-// writing one JSON line per request to stdout.
+// writing one JSON line per request to stdout. With --mcp-listen it is an
+// MCP server whose tools the policy grants per peer (pkg/agenttls's
+// MCPHandler), with --mcp-call an MCP client calling tools over and over.
 //
 // Its image has no shell, so `agent ls DIR` and `agent cat FILE` stand in
 // for them under `kubectl exec`.
@@ -22,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,11 +41,15 @@ type Reply struct {
 
 // Result is one request of a client, as a JSON line on stdout.
 type Result struct {
-	Time  time.Time `json:"time"`
-	Conn  string    `json:"conn"` // "kept" or "new"
-	OK    bool      `json:"ok"`
-	Error string    `json:"error,omitempty"`
-	Reply *Reply    `json:"reply,omitempty"`
+	Time time.Time `json:"time"`
+	Conn string    `json:"conn"` // "kept", "new" or "mcp"
+	// Tool is the MCP tool called; empty on the line of a new MCP session.
+	Tool string `json:"tool,omitempty"`
+	// Listed is what tools/list showed a new MCP session.
+	Listed []string `json:"listed,omitempty"`
+	OK     bool     `json:"ok"`
+	Error  string   `json:"error,omitempty"`
+	Reply  *Reply   `json:"reply,omitempty"`
 }
 
 func main() {
@@ -63,6 +70,9 @@ func run() error {
 	}
 	listen := flag.String("listen", "", "serve HTTPS on this address")
 	call := flag.String("call", "", "call this https:// URL repeatedly")
+	mcpListen := flag.String("mcp-listen", "", "serve MCP (Streamable HTTP at /mcp) over HTTPS on this address")
+	mcpCall := flag.String("mcp-call", "", "call the tools of the MCP server at this https:// URL repeatedly")
+	tools := flag.String("tools", "search", "the MCP tools --mcp-call calls, comma-separated")
 	interval := flag.Duration("interval", 200*time.Millisecond, "time between two calls")
 	flag.Parse()
 
@@ -80,8 +90,12 @@ func run() error {
 		return serve(ctx, src, *listen, logger)
 	case *call != "":
 		return callForever(ctx, src, *call, *interval)
+	case *mcpListen != "":
+		return serveMCP(ctx, src, *mcpListen, logger)
+	case *mcpCall != "":
+		return callMCP(ctx, src, *mcpCall, strings.Split(*tools, ","), *interval, os.Stdout)
 	}
-	return errors.New("give --listen or --call")
+	return errors.New("give --listen, --call, --mcp-listen or --mcp-call")
 }
 
 // list prints the entries of dir, as `ls -l` would, without following the

@@ -71,11 +71,11 @@ func serialOf(p parsed) string { return ca.SerialHex(p.leaf.SerialNumber) }
 
 func TestIssuance(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	id := newIdentity(ns, "worker", func(a *mtlsv1alpha1.AgentIdentity) {
+	id := cluster.NewIdentity(ns, "worker", func(a *mtlsv1alpha1.AgentIdentity) {
 		a.Spec.DNSNames = []string{"worker." + ns + ".svc"}
 		a.Labels = map[string]string{"role": "worker"}
 	})
-	create(t, id)
+	cluster.Create(t, k8s, id)
 	nn := client.ObjectKeyFromObject(id)
 	got := waitReady(t, nn)
 
@@ -172,8 +172,8 @@ func TestKeyAlgorithms(t *testing.T) {
 		{"rsa-2048", mtlsv1alpha1.PrivateKey{Algorithm: mtlsv1alpha1.RSAKeyAlgorithm, Size: 2048}, "*rsa.PrivateKey/2048"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			id := newIdentity(ns, tc.name, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.PrivateKey = &tc.key })
-			create(t, id)
+			id := cluster.NewIdentity(ns, tc.name, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.PrivateKey = &tc.key })
+			cluster.Create(t, k8s, id)
 			waitReady(t, client.ObjectKeyFromObject(id))
 			p := parseSecret(t, getSecret(t, ns, tc.name+"-tls"))
 			if got := keyKind(p.key); got != tc.want {
@@ -185,10 +185,10 @@ func TestKeyAlgorithms(t *testing.T) {
 
 func TestRenewalByClock(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	id := newIdentity(ns, "renewer", func(a *mtlsv1alpha1.AgentIdentity) {
+	id := cluster.NewIdentity(ns, "renewer", func(a *mtlsv1alpha1.AgentIdentity) {
 		a.Spec.Duration = &metav1.Duration{Duration: time.Hour}
 	})
-	create(t, id)
+	cluster.Create(t, k8s, id)
 	nn := client.ObjectKeyFromObject(id)
 	before := waitReady(t, nn)
 	first := parseSecret(t, getSecret(t, ns, "renewer-tls"))
@@ -252,7 +252,7 @@ func TestRenewalByClock(t *testing.T) {
 func TestRepair(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	for _, name := range []string{"victim", "other"} {
-		create(t, newIdentity(ns, name))
+		cluster.Create(t, k8s, cluster.NewIdentity(ns, name))
 		waitReady(t, types.NamespacedName{Namespace: ns, Name: name})
 	}
 	victim := types.NamespacedName{Namespace: ns, Name: "victim"}
@@ -296,7 +296,7 @@ func TestRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	repaired("deleting the Secret")
-	cluster.WaitEvent(t, k8s, newIdentity(ns, "victim"), "AgentIdentity", "SecretRepaired", 10*time.Second)
+	cluster.WaitEvent(t, k8s, cluster.NewIdentity(ns, "victim"), "AgentIdentity", "SecretRepaired", 10*time.Second)
 
 	s := getSecret(t, ns, "victim-tls")
 	s.Data["tls.key"] = []byte("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
@@ -330,9 +330,9 @@ func TestForeignSecretIsNeverOverwritten(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "taken-tls"},
 		Data:       map[string][]byte{"password": []byte("hunter2")},
 	}
-	create(t, foreign)
-	id := newIdentity(ns, "taken")
-	create(t, id)
+	cluster.Create(t, k8s, foreign)
+	id := cluster.NewIdentity(ns, "taken")
+	cluster.Create(t, k8s, id)
 	nn := client.ObjectKeyFromObject(id)
 	got := waitCondition(t, nn, mtlsv1alpha1.ConditionReady, metav1.ConditionFalse, mtlsv1alpha1.ReasonSecretConflict)
 	if c := meta.FindStatusCondition(got.Status.Conditions, mtlsv1alpha1.ConditionReady); !strings.Contains(c.Message, "Secret taken-tls exists and was not created by agentmesh") {
@@ -345,10 +345,10 @@ func TestForeignSecretIsNeverOverwritten(t *testing.T) {
 	}
 
 	// A Secret of ours that another identity owns is a conflict too.
-	create(t, newIdentity(ns, "owner"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "owner"))
 	waitReady(t, types.NamespacedName{Namespace: ns, Name: "owner"})
-	thief := newIdentity(ns, "thief", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "owner-tls" })
-	create(t, thief)
+	thief := cluster.NewIdentity(ns, "thief", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "owner-tls" })
+	cluster.Create(t, k8s, thief)
 	waitCondition(t, client.ObjectKeyFromObject(thief), mtlsv1alpha1.ConditionReady, metav1.ConditionFalse, mtlsv1alpha1.ReasonSecretConflict)
 	if ref := metav1.GetControllerOf(getSecret(t, ns, "owner-tls")); ref == nil || ref.Name != "owner" {
 		t.Errorf("owner-tls changed hands: %+v", ref)
@@ -365,8 +365,8 @@ func TestForeignSecretIsNeverOverwritten(t *testing.T) {
 
 func TestSpecChanges(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	id := newIdentity(ns, "changer")
-	create(t, id)
+	id := cluster.NewIdentity(ns, "changer")
+	cluster.Create(t, k8s, id)
 	nn := client.ObjectKeyFromObject(id)
 	waitReady(t, nn)
 	first := serialOf(parseSecret(t, getSecret(t, ns, "changer-tls")))
@@ -417,8 +417,8 @@ func TestSecretOfUnrecordedNameIsRemoved(t *testing.T) {
 			}
 		}
 	}()
-	id := newIdentity(ns, "mover", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "mover-a" })
-	create(t, id)
+	id := cluster.NewIdentity(ns, "mover", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "mover-a" })
+	cluster.Create(t, k8s, id)
 	nn := client.ObjectKeyFromObject(id)
 	// What a run killed after writing the Secret of mover-a leaves: the
 	// Secret, labelled and owned as the operator writes it, and no status.
@@ -432,7 +432,7 @@ func TestSecretOfUnrecordedNameIsRemoved(t *testing.T) {
 	if err := controllerutil.SetControllerReference(id, lost, k8s.Scheme()); err != nil {
 		t.Fatal(err)
 	}
-	create(t, lost)
+	cluster.Create(t, k8s, lost)
 	update(t, nn, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.SecretName = "mover-b" })
 	if err := startOperator(); err != nil {
 		t.Fatal(err)
@@ -465,8 +465,8 @@ func TestBackoffGrowsOnRepeatedCAFailure(t *testing.T) {
 			t.Fatal(err)
 		}
 	}()
-	id := newIdentity(ns, "unlucky")
-	create(t, id)
+	id := cluster.NewIdentity(ns, "unlucky")
+	cluster.Create(t, k8s, id)
 	nn := client.ObjectKeyFromObject(id)
 
 	// A CA whose signing key fails every signature (as a broken HSM would).
@@ -548,7 +548,7 @@ func TestRestartMakesNoWrites(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	const n = 100
 	for i := range n {
-		create(t, newIdentity(ns, fmt.Sprintf("agent-%03d", i)))
+		cluster.Create(t, k8s, cluster.NewIdentity(ns, fmt.Sprintf("agent-%03d", i)))
 	}
 	cluster.Eventually(t, 60*time.Second, "100 identities Ready", func() error {
 		list := &mtlsv1alpha1.AgentIdentityList{}
@@ -684,7 +684,7 @@ func waitIdle(t *testing.T) {
 // issued in this run.
 func TestNoPrivateKeyInLogs(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	create(t, newIdentity(ns, "secretive"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "secretive"))
 	waitReady(t, types.NamespacedName{Namespace: ns, Name: "secretive"})
 	log := logs.String()
 	if !strings.Contains(log, "issued certificate") {
@@ -879,8 +879,8 @@ func secretNeedles(keyPEM []byte) []string {
 // garbage collector of kube-controller-manager removes the Secret.
 func TestDeletingIdentityDeletesSecret(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	id := newIdentity(ns, "ephemeral")
-	create(t, id)
+	id := cluster.NewIdentity(ns, "ephemeral")
+	cluster.Create(t, k8s, id)
 	waitReady(t, client.ObjectKeyFromObject(id))
 	getSecret(t, ns, "ephemeral-tls")
 	cluster.Eventually(t, 5*time.Second, "the identity's metrics", func() error {
@@ -919,8 +919,8 @@ func TestOneWriteOfEachPerIssuance(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changes := watchChanges(t, ctx, ns)
-	id := newIdentity(ns, "frugal")
-	create(t, id)
+	id := cluster.NewIdentity(ns, "frugal")
+	cluster.Create(t, k8s, id)
 	waitReady(t, client.ObjectKeyFromObject(id))
 	time.Sleep(2 * time.Second)
 	got := changes()

@@ -31,7 +31,7 @@ import (
 func agents(t *testing.T, ns string) {
 	t.Helper()
 	for _, name := range []string{"planner", "worker", "outsider"} {
-		create(t, newIdentity(ns, name, func(a *mtlsv1alpha1.AgentIdentity) {
+		cluster.Create(t, k8s, cluster.NewIdentity(ns, name, func(a *mtlsv1alpha1.AgentIdentity) {
 			a.Labels = map[string]string{"role": name}
 		}))
 	}
@@ -89,7 +89,7 @@ func idOf(ns, name string) string { return "spiffe://cluster.local/ns/" + ns + "
 func TestPolicyJSONIsExact(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
-	create(t, workerIngressPolicy(ns))
+	cluster.Create(t, k8s, workerIngressPolicy(ns))
 	p := waitPolicy(t, types.NamespacedName{Namespace: ns, Name: "worker-ingress"}, metav1.ConditionTrue, mtlsv1alpha1.ReasonCompiled)
 	if p.Status.SelectedIdentities != 1 || p.Status.ObservedGeneration != p.Generation {
 		t.Errorf("policy status %+v", p.Status)
@@ -161,7 +161,7 @@ func TestPolicyJSONIsExact(t *testing.T) {
 func TestPolicyFollowsLabelsAndDeletion(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
-	create(t, workerIngressPolicy(ns))
+	cluster.Create(t, k8s, workerIngressPolicy(ns))
 	allowed := func(ids ...string) func(*policy.Effective) error {
 		return func(e *policy.Effective) error {
 			if !slices.Equal(e.Ingress.SPIFFEIDs, ids) || len(e.Ingress.Prefixes) != 0 {
@@ -225,7 +225,7 @@ func TestNamespaceSelectorFollowsNamespaceLabels(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
 	other := cluster.NewNamespace(t, k8s, "agents-")
-	create(t, &mtlsv1alpha1.AgentTrustPolicy{
+	cluster.Create(t, k8s, &mtlsv1alpha1.AgentTrustPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "from-research"},
 		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
 			AgentSelector: mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"role": "worker"}},
@@ -264,8 +264,8 @@ func TestFederatedTrustBundle(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "partner-bundle", Labels: map[string]string{mtlsv1alpha1.LabelTrustBundle: "true"}},
 		Data:       map[string]string{"ca.crt": string(ca.EncodeCertificatesPEM(partner))},
 	}
-	create(t, bundle)
-	create(t, &mtlsv1alpha1.AgentTrustPolicy{
+	cluster.Create(t, k8s, bundle)
+	cluster.Create(t, k8s, &mtlsv1alpha1.AgentTrustPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "partner"},
 		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
 			AgentSelector: mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"role": "worker"}},
@@ -321,7 +321,7 @@ func TestFederatedTrustBundle(t *testing.T) {
 	cluster.WaitEvent(t, k8s, &mtlsv1alpha1.AgentTrustPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "partner"}}, "AgentTrustPolicy", mtlsv1alpha1.ReasonBundleInvalid, 10*time.Second)
 
 	// A ConfigMap without the label is not read, and the message says so.
-	create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "unlabelled"}, Data: map[string]string{"ca.crt": string(ca.EncodeCertificatesPEM(partner))}})
+	cluster.Create(t, k8s, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "unlabelled"}, Data: map[string]string{"ca.crt": string(ca.EncodeCertificatesPEM(partner))}})
 	update := &mtlsv1alpha1.AgentTrustPolicy{}
 	if err := k8s.Get(context.Background(), nn, update); err != nil {
 		t.Fatal(err)
@@ -349,9 +349,9 @@ func TestNamespaceWideRuleAtScale(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	const n = 1000
 	for i := range n {
-		create(t, newIdentity(ns, fmt.Sprintf("a-%04d", i)))
+		cluster.Create(t, k8s, cluster.NewIdentity(ns, fmt.Sprintf("a-%04d", i)))
 	}
-	create(t, &mtlsv1alpha1.AgentTrustPolicy{
+	cluster.Create(t, k8s, &mtlsv1alpha1.AgentTrustPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "namespace-only"},
 		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
 			Ingress: []mtlsv1alpha1.IngressRule{{From: []mtlsv1alpha1.AgentPeer{{IdentitySelector: &mtlsv1alpha1.LabelSelector{}}}}},
@@ -418,7 +418,7 @@ func newCA(t *testing.T, isCA bool) *x509.Certificate {
 func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	agents(t, ns)
-	create(t, workerIngressPolicy(ns))
+	cluster.Create(t, k8s, workerIngressPolicy(ns))
 	nn := types.NamespacedName{Namespace: ns, Name: "worker-ingress"}
 	waitPolicy(t, nn, metav1.ConditionTrue, mtlsv1alpha1.ReasonCompiled)
 	waitEffective(t, ns, "worker", "only the planner", func(e *policy.Effective) error {
@@ -447,7 +447,7 @@ func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
 	// by it now: their ingress denies (governed by it, with no rules) rather
 	// than keeping or falling back to the default posture; their egress,
 	// which it does not govern, is unchanged.
-	create(t, newIdentity(ns, "newcomer"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "newcomer"))
 	for _, name := range []string{"planner", "newcomer"} {
 		waitEffective(t, ns, name, "ingress denied by the unparseable policy", func(e *policy.Effective) error {
 			in := e.Ingress

@@ -34,7 +34,7 @@ func TestDocumentedExamples(t *testing.T) {
 		}
 	}
 	for _, id := range []struct{ ns, name, role string }{{"agents", "planner", "planner"}, {"agents", "worker", "worker"}, {"research", "analyst", "analyst"}} {
-		create(t, newIdentity(id.ns, id.name, func(a *mtlsv1alpha1.AgentIdentity) {
+		cluster.Create(t, k8s, cluster.NewIdentity(id.ns, id.name, func(a *mtlsv1alpha1.AgentIdentity) {
 			a.Labels = map[string]string{"agentmesh.dev/role": id.role}
 		}))
 	}

@@ -76,7 +76,7 @@ func TestBadCA(t *testing.T) {
 		t.Errorf("CA error %v", err)
 	}
 
-	id := newIdentity("agents", "waiting")
+	id := cluster.NewIdentity("agents", "waiting")
 	if err := cl.Create(ctx, id); err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func TestGrantRecompiledAtExpiry(t *testing.T) {
 			},
 		},
 	}
-	create(t, p)
+	cluster.Create(t, k8s, p)
 	waitPolicy(t, types.NamespacedName{Namespace: ns, Name: p.Name}, metav1.ConditionTrue, mtlsv1alpha1.ReasonCompiled)
 
 	grant := func(peer string, tools, expiresAt string) string {

@@ -48,8 +48,8 @@ func TestRotationIgnoresLookAlikesAndStrandedIdentities(t *testing.T) {
 	}
 
 	ready := cluster.Condition{Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: mtlsv1alpha1.ReasonIssued}
-	good := newIdentity("tenant", "good")
-	stuck := newIdentity("tenant", "stuck")
+	good := cluster.NewIdentity("tenant", "good")
+	stuck := cluster.NewIdentity("tenant", "stuck")
 	for _, id := range []*mtlsv1alpha1.AgentIdentity{good, stuck} {
 		if err := cl.Create(ctx, id); err != nil {
 			t.Fatal(err)
@@ -182,8 +182,8 @@ func TestRotationIgnoresLookAlikesAndStrandedIdentities(t *testing.T) {
 // puts back what it wrote.
 func TestEditedTrustConfigMapIsRepaired(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	id := newIdentity(ns, "worker")
-	create(t, id)
+	id := cluster.NewIdentity(ns, "worker")
+	cluster.Create(t, k8s, id)
 	waitReady(t, client.ObjectKeyFromObject(id))
 	key := types.NamespacedName{Namespace: ns, Name: id.TrustConfigMapName()}
 	original := &corev1.ConfigMap{}
@@ -250,8 +250,8 @@ func TestDNSNamesAreScoped(t *testing.T) {
 		"apiserver": "kubernetes.default.svc",
 		"public":    "*.example.com",
 	} {
-		id := newIdentity(ns, name, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.DNSNames = []string{"ok." + ns + ".svc", dns} })
-		create(t, id)
+		id := cluster.NewIdentity(ns, name, func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.DNSNames = []string{"ok." + ns + ".svc", dns} })
+		cluster.Create(t, k8s, id)
 		cluster.WaitCondition(t, k8s, id, 20*time.Second, cluster.Condition{
 			Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: mtlsv1alpha1.ReasonInvalidSpec,
 			Message: fmt.Sprintf("spec.dnsNames[1]: Forbidden: %q is outside the identity's namespace: allowed are names under %s.svc and %s.svc.cluster.local and the cluster's allow-list (*.example)", dns, ns, ns)})
@@ -261,10 +261,10 @@ func TestDNSNamesAreScoped(t *testing.T) {
 	}
 
 	// In scope: the own namespace's names, and the allow-list.
-	ok := newIdentity(ns, "ok", func(a *mtlsv1alpha1.AgentIdentity) {
+	ok := cluster.NewIdentity(ns, "ok", func(a *mtlsv1alpha1.AgentIdentity) {
 		a.Spec.DNSNames = []string{"*." + ns + ".svc", "ok." + ns + ".svc.cluster.local", "api.example"}
 	})
-	create(t, ok)
+	cluster.Create(t, k8s, ok)
 	waitReady(t, client.ObjectKeyFromObject(ok))
 	before := getSecret(t, ns, "ok-tls")
 

@@ -131,7 +131,7 @@ func newKey(t *testing.T) crypto.Signer {
 }
 
 func podCertIdentity(ns, name string, duration time.Duration) *mtlsv1alpha1.AgentIdentity {
-	return newIdentity(ns, name, func(a *mtlsv1alpha1.AgentIdentity) {
+	return cluster.NewIdentity(ns, name, func(a *mtlsv1alpha1.AgentIdentity) {
 		a.Spec.KeyDelivery = mtlsv1alpha1.KeyDeliveryPodCertificate
 		a.Spec.ServiceAccountName = name
 		a.Spec.Duration = &metav1.Duration{Duration: duration}
@@ -140,14 +140,14 @@ func podCertIdentity(ns, name string, duration time.Duration) *mtlsv1alpha1.Agen
 
 func serviceAccount(t *testing.T, ns, name string) {
 	t.Helper()
-	create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+	cluster.Create(t, k8s, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 }
 
 func TestPodCertificatesAreIssuedPerPod(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
 	serviceAccount(t, ns, "edge")
 	id := podCertIdentity(ns, "edge", 2*time.Hour)
-	create(t, id)
+	cluster.Create(t, k8s, id)
 	k := newKubelet(t)
 	pods := []*corev1.Pod{k.pod(ns, "edge-0", "edge", "edge"), k.pod(ns, "edge-1", "edge", "edge")}
 
@@ -243,8 +243,8 @@ func TestPodCertificateDenials(t *testing.T) {
 	for _, sa := range []string{"edge", "other"} {
 		serviceAccount(t, ns, sa)
 	}
-	create(t, podCertIdentity(ns, "edge", 24*time.Hour))
-	create(t, newIdentity(ns, "classic", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.ServiceAccountName = "edge" }))
+	cluster.Create(t, k8s, podCertIdentity(ns, "edge", 24*time.Hour))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "classic", func(a *mtlsv1alpha1.AgentIdentity) { a.Spec.ServiceAccountName = "edge" }))
 	k := newKubelet(t)
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	cases := []struct {

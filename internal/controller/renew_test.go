@@ -22,7 +22,7 @@ func TestRenewAnnotation(t *testing.T) {
 	ctx := context.Background()
 	ns := cluster.NewNamespace(t, k8s, "renew-")
 	nn := types.NamespacedName{Namespace: ns, Name: "worker"}
-	create(t, newIdentity(ns, "worker"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "worker"))
 	before := waitReady(t, nn)
 	oldKey := getSecret(t, ns, "worker-tls").Data["tls.key"]
 
@@ -109,7 +109,7 @@ func TestRenewAnnotationPodCertificate(t *testing.T) {
 	ctx := context.Background()
 	ns := cluster.NewNamespace(t, k8s, "renew-pc-")
 	nn := types.NamespacedName{Namespace: ns, Name: "edge"}
-	create(t, newIdentity(ns, "edge", func(id *mtlsv1alpha1.AgentIdentity) {
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "edge", func(id *mtlsv1alpha1.AgentIdentity) {
 		id.Spec.KeyDelivery = mtlsv1alpha1.KeyDeliveryPodCertificate
 		id.Spec.Duration = nil
 		id.Annotations = map[string]string{mtlsv1alpha1.AnnotationRenew: "now"}

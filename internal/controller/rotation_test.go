@@ -45,7 +45,7 @@ func TestCARotationAtABoundedRate(t *testing.T) {
 	}, ctrl.Options{})
 
 	for i := range n {
-		if err := cl.Create(ctx, newIdentity("fleet", fmt.Sprintf("agent-%04d", i))); err != nil {
+		if err := cl.Create(ctx, cluster.NewIdentity("fleet", fmt.Sprintf("agent-%04d", i))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -22,8 +22,8 @@ import (
 // manager, and the events of one (a Pod starting) do not run the other.
 func TestTwoWritersOfTheStatus(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "agents-")
-	id := newIdentity(ns, "split")
-	create(t, id)
+	id := cluster.NewIdentity(ns, "split")
+	cluster.Create(t, k8s, id)
 	nn := client.ObjectKeyFromObject(id)
 	got := waitReady(t, nn)
 	if got.Status.TrustConfigMap != "split-trust" || got.Status.SerialNumber == "" {
@@ -63,7 +63,7 @@ func TestTwoWritersOfTheStatus(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "split-0", Labels: map[string]string{mtlsv1alpha1.LabelIdentity: "split"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "example.invalid/agent"}}},
 	}
-	create(t, pod)
+	cluster.Create(t, k8s, pod)
 	pod.Status.Phase = corev1.PodRunning
 	if err := k8s.Status().Update(context.Background(), pod); err != nil {
 		t.Fatal(err)

@@ -168,21 +168,6 @@ func (c *testClock) Step(d time.Duration) {
 
 // --- helpers shared by the tests ---
 
-func newIdentity(ns, name string, mutate ...func(*mtlsv1alpha1.AgentIdentity)) *mtlsv1alpha1.AgentIdentity {
-	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	for _, m := range mutate {
-		m(id)
-	}
-	return id
-}
-
-func create(t *testing.T, obj client.Object) {
-	t.Helper()
-	if err := k8s.Create(context.Background(), obj); err != nil {
-		t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
-	}
-}
-
 // waitCondition waits for an identity's condition to have the given status
 // and reason, and returns the identity.
 func waitCondition(t *testing.T, nn types.NamespacedName, typ string, status metav1.ConditionStatus, reason string) *mtlsv1alpha1.AgentIdentity {

@@ -86,13 +86,10 @@ func (s *Source) A2AHandler(next http.Handler, opts ...AuthzOption) http.Handler
 }
 
 func (s *Source) serveA2A(c *authzConfig, next http.Handler, w http.ResponseWriter, r *http.Request) {
-	snap := s.Snapshot()
-	peer, err := PeerID(r)
-	if err != nil {
-		writeJSON(w, http.StatusUnauthorized, newRPCError(nil, codeInvalidRequest, err.Error(), nil))
+	snap, a, ok := s.access(w, r)
+	if !ok {
 		return
 	}
-	a := snap.policy.Ingress.AccessAt(peer, s.cfg.now())
 	audit := snap.policy.Ingress.Mode == ModeAudit
 	filterCard := func(m []byte) []byte {
 		out, _ := filterArray(m, "skills", "id", a.AllowsSkill)
@@ -135,7 +132,10 @@ func (s *Source) serveA2A(c *authzConfig, next http.Handler, w http.ResponseWrit
 		}
 		msgs = []rpcMessage{{Method: rest, Params: body}}
 	} else {
-		var batch bool
+		var (
+			batch bool
+			err   error
+		)
 		msgs, batch, err = parseMessages(body)
 		if err == nil && batch {
 			err = errBatch
@@ -165,7 +165,7 @@ func (s *Source) serveA2A(c *authzConfig, next http.Handler, w http.ResponseWrit
 		reason := refusal(snap, &a, ProtocolA2A, what)
 		if s.decide(r.Context(), c, snap, &a, DecisionRecord{Protocol: ProtocolA2A, Method: m.Method, Skill: skill, Reason: reason}) {
 			writeJSON(w, http.StatusOK, newRPCError(m.ID, CodeForbidden, reason, &errorData{
-				SPIFFEID: snap.id.String(), Peer: peer.String(), Skill: skill,
+				SPIFFEID: snap.id.String(), Peer: a.Peer.String(), Skill: skill,
 				Policies: snap.policy.Ingress.Policies, Rules: a.rules(ProtocolA2A),
 			}))
 			return

@@ -3,6 +3,7 @@ package agenttls
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -239,6 +240,19 @@ func (s *Source) authzConfig(opts []AuthzOption) *authzConfig {
 		o(c)
 	}
 	return c
+}
+
+// access opens MCPHandler and A2AHandler: the policy snapshot, and what its
+// ingress rules let the verified peer of r do now. Without a verified peer
+// it answers 401 and reports false.
+func (s *Source) access(w http.ResponseWriter, r *http.Request) (*Snapshot, Access, bool) {
+	snap := s.Snapshot()
+	peer, err := PeerID(r)
+	if err != nil {
+		writeJSON(w, http.StatusUnauthorized, newRPCError(nil, codeInvalidRequest, err.Error(), nil))
+		return nil, Access{}, false
+	}
+	return snap, snap.policy.Ingress.AccessAt(peer, s.cfg.now()), true
 }
 
 // decide records a refusal and reports whether the request must be

@@ -24,20 +24,24 @@ const readHeaderTimeout = 10 * time.Second
 //
 // Its connections do not outlive what allowed them: one whose client the
 // current files would refuse (its CA left the bundle, its certificate
-// expired, the ingress policy no longer allows it) is closed as soon as
-// the files change (KeepRevokedConnections turns that off), and none is
-// kept longer than DefaultMaxConnectionAge (WithMaxConnectionAge) or idle
-// longer than DefaultIdleTimeout (WithIdleTimeout). Its ConnState hook does
-// this: a caller that sets its own must call the one NewServer set.
+// expired, the ingress policy no longer allows it) serves no request that
+// starts after the files change (421 Misdirected Request), finishes those
+// in flight and is closed once idle, RevokedDrain later at the latest
+// (KeepRevokedConnections turns that off); none is kept longer than
+// DefaultMaxConnectionAge (WithMaxConnectionAge) or idle longer than
+// DefaultIdleTimeout (WithIdleTimeout). Its ConnState and ConnContext hooks
+// and its Handler (handler, wrapped) do this: a caller that sets its own
+// must call the ones NewServer set.
 func (s *Source) NewServer(addr string, handler http.Handler, opts ...TLSOption) *http.Server {
 	o := newTLSOptions(opts)
 	return &http.Server{
 		Addr:              addr,
-		Handler:           handler,
+		Handler:           s.refuseRevoked(handler),
 		TLSConfig:         s.ServerTLSConfig(opts...),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       o.idle,
 		ConnState:         s.serverConnState(o),
+		ConnContext:       connContext,
 	}
 }
 
@@ -45,8 +49,11 @@ func (s *Source) NewServer(addr string, handler http.Handler, opts ...TLSOption)
 // configuration is ClientTLSConfig. New connections use the current files;
 // a pooled connection whose server the current files would refuse (its CA
 // left the bundle, its certificate expired, the egress policy or
-// WithServerID no longer allows it) is closed as soon as the files change,
-// unless KeepRevokedConnections is given. Idle pooled connections are
+// WithServerID no longer allows it) is closed as soon as it is idle after
+// the files change (the transport's CloseIdleConnections, until it is:
+// the requests in flight on it finish, for RevokedDrain at most), unless
+// KeepRevokedConnections is given. Until then an HTTP/2 connection may
+// still carry a request that starts beside one in flight. Idle pooled connections are
 // closed after the transport's IdleConnTimeout (90 seconds). Connections
 // through an HTTPS proxy are verified but not re-checked.
 func (s *Source) NewTransport(opts ...TLSOption) *http.Transport {
@@ -81,7 +88,7 @@ func (s *Source) NewTransport(opts ...TLSOption) *http.Transport {
 				_ = raw.Close()
 				return nil, err
 			}
-			s.conns.add(&conn{tls: tc, dir: Egress, want: o.serverID})
+			s.conns.add(&conn{tls: tc, dir: Egress, want: o.serverID, closeIdle: t.CloseIdleConnections})
 			if w.closed.Load() {
 				// Closed while it was being added.
 				s.conns.remove(tc)

@@ -44,13 +44,10 @@ func (s *Source) MCPHandler(next http.Handler, opts ...AuthzOption) http.Handler
 }
 
 func (s *Source) serveMCP(c *authzConfig, next http.Handler, w http.ResponseWriter, r *http.Request) {
-	snap := s.Snapshot()
-	peer, err := PeerID(r)
-	if err != nil {
-		writeJSON(w, http.StatusUnauthorized, newRPCError(nil, codeInvalidRequest, err.Error(), nil))
+	snap, a, ok := s.access(w, r)
+	if !ok {
 		return
 	}
-	a := snap.policy.Ingress.AccessAt(peer, s.cfg.now())
 	if r.Method != http.MethodPost {
 		if !a.uses(ProtocolMCP) && s.decide(r.Context(), c, snap, &a, DecisionRecord{Protocol: ProtocolMCP, Method: r.Method + " " + r.URL.Path,
 			Reason: refusal(snap, &a, ProtocolMCP, "MCP")}) {
@@ -118,7 +115,7 @@ func (s *Source) serveMCP(c *authzConfig, next http.Handler, w http.ResponseWrit
 			continue
 		}
 		refused = append(refused, newRPCError(m.ID, CodeForbidden, reason, &errorData{
-			SPIFFEID: snap.id.String(), Peer: peer.String(), Tool: tool,
+			SPIFFEID: snap.id.String(), Peer: a.Peer.String(), Tool: tool,
 			Policies: snap.policy.Ingress.Policies, Rules: a.rules(ProtocolMCP),
 		}))
 	}

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/operator"
 )
 
@@ -112,6 +113,25 @@ func NewNamespace(t testing.TB, c client.Client, prefix string) string {
 	}
 	t.Cleanup(func() { deleteNamespace(t, c, ns) })
 	return ns.Name
+}
+
+// NewIdentity is an AgentIdentity named ns/name with the defaults of its
+// API, changed by mutate in order.
+func NewIdentity(ns, name string, mutate ...func(*mtlsv1alpha1.AgentIdentity)) *mtlsv1alpha1.AgentIdentity {
+	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	for _, m := range mutate {
+		m(id)
+	}
+	return id
+}
+
+// Create creates obj and fails the test if it cannot. It registers no
+// cleanup: obj goes when its namespace does.
+func Create(t testing.TB, c client.Client, obj client.Object) {
+	t.Helper()
+	if err := c.Create(context.Background(), obj); err != nil {
+		t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
+	}
 }
 
 // CreateNamespaces creates namespaces with the given names (for tests on a

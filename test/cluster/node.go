@@ -27,11 +27,14 @@ import (
 const NodeName = "node1"
 
 // nodeName and nodeIP are the name and loopback address of node i (from 0):
-// node1 on 127.0.0.1, node2 on 127.0.0.2, and so on. Every node is a kubelet
-// with its own containerd on the same machine; hostNetwork Pods of different
-// nodes bind the same ports on different loopback addresses.
+// node1 on 127.0.0.1, node2 on 127.0.0.2, and so on (from 127.0.0.first
+// when first is set). Every node is a kubelet with its own containerd on
+// the same machine; hostNetwork Pods of different nodes bind the same ports
+// on different loopback addresses.
 func nodeName(i int) string { return "node" + strconv.Itoa(i+1) }
-func nodeIP(i int) string   { return "127.0.0." + strconv.Itoa(i+1) }
+func nodeIP(i, first int) string {
+	return "127.0.0." + strconv.Itoa(max(first, 1)+i)
+}
 
 // ErrNotRoot is returned by Start when a node is asked for and the process
 // is not root: containerd and the kubelet mount filesystems and run
@@ -43,6 +46,11 @@ var ErrNotRoot = errors.New("cluster: the node (containerd and the kubelet) need
 type NodeOptions struct {
 	// Nodes is how many nodes to start (at most 8); 0 means 1.
 	Nodes int
+	// FirstAddress is the last byte of the first node's loopback address
+	// (127.0.0.FirstAddress; the next nodes follow); 0 means 1. Clusters
+	// that run side by side (the test packages do) and run hostNetwork Pods
+	// on fixed ports, such as the chart's manager, need different ones.
+	FirstAddress int
 	// SyncFrequency is the kubelet's syncFrequency, which is also how often
 	// it refreshes the Secrets and ConfigMaps projected into Pods; 0 means
 	// the kubelet's default (1m).
@@ -139,6 +147,9 @@ func (c *Cluster) startNodes(ctx context.Context, opts NodeOptions, assets strin
 	if count > 8 {
 		return fmt.Errorf("cluster: %d nodes asked for, at most 8", count)
 	}
+	if first := max(opts.FirstAddress, 1); first+count-1 > 99 {
+		return fmt.Errorf("cluster: nodes from 127.0.0.%d: at most 127.0.0.99", first)
+	}
 	cleanStaleNodes(out)
 	for i := range count {
 		if err := c.startNode(ctx, i, opts, assets, out); err != nil {
@@ -183,7 +194,7 @@ func (c *Cluster) startNode(ctx context.Context, i int, opts NodeOptions, assets
 	if out == nil {
 		out = io.Discard
 	}
-	n := &node{name: nodeName(i), ip: nodeIP(i), dir: dir, socket: filepath.Join(dir, "containerd", "containerd.sock"),
+	n := &node{name: nodeName(i), ip: nodeIP(i, opts.FirstAddress), dir: dir, socket: filepath.Join(dir, "containerd", "containerd.sock"),
 		out: out, assets: assets, runc: runc, tag: tag}
 	c.nodes = append(c.nodes, n)
 	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {

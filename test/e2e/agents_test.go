@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,12 +22,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
-	"github.com/agentmesh/agentmesh/internal/cli/command"
 	"github.com/agentmesh/agentmesh/internal/cli/explain"
 	"github.com/agentmesh/agentmesh/internal/cli/inspect"
 	"github.com/agentmesh/agentmesh/internal/controller"
@@ -352,6 +351,110 @@ func TestEndToEnd(t *testing.T) {
 		_ = call.Wait()
 	})
 
+	// An MCP pair (the official MCP Go SDK on both sides, pkg/agenttls's
+	// MCPHandler in the server): the toolbox grants the assistant search,
+	// then lookup until grantExpiry; delete_records never. The pair then
+	// lives through the CA rotation and the grant's expiry.
+	var mcpStart, lookupStart, grantExpiry time.Time
+	mcpPort, err := cluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("MCP tools are granted per peer, in the agent", func(t *testing.T) {
+		for _, name := range []string{"toolbox", "assistant"} {
+			if err := k8s.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: name}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := k8s.Create(ctx, identity(name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pol := toolboxPolicy(mcpRule("search"))
+		if err := k8s.Create(ctx, pol); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []*appsv1.Deployment{
+			agentDeployment("toolbox", 1, "--mcp-listen", fmt.Sprintf("127.0.0.1:%d", mcpPort)),
+			agentDeployment("assistant", 1, "--mcp-call", fmt.Sprintf("https://127.0.0.1:%d/mcp", mcpPort),
+				"--tools", "search,lookup,delete_records", "--interval", "300ms"),
+		} {
+			if err := k8s.Create(ctx, d); err != nil {
+				t.Fatalf("creating Deployment %s: %v", d.Name, err)
+			}
+		}
+		cluster.EventuallyEvery(t, e2ePoll, 90*time.Second, "the assistant's first tool calls", func() error {
+			mcpStart = time.Time{}
+			ok := 0
+			for _, r := range results(t, "assistant") {
+				if r.Tool == "search" && r.OK && r.Reply.Server == id("toolbox") && r.Reply.Client == id("assistant") {
+					if ok == 0 {
+						mcpStart = r.Time
+					}
+					ok++
+				}
+			}
+			if ok < 5 {
+				return fmt.Errorf("%d successful search calls", ok)
+			}
+			return nil
+		})
+		rs := results(t, "assistant")
+		for _, r := range rs {
+			if r.Tool == "" && r.OK && !slices.Equal(r.Listed, []string{"search"}) {
+				t.Errorf("tools/list showed the assistant %v, want [search]", r.Listed)
+			}
+		}
+		for _, tool := range []string{"lookup", "delete_records"} {
+			refused := 0
+			for _, r := range rs {
+				if r.Tool != tool || r.Time.Before(mcpStart) {
+					continue
+				}
+				want := `MCP tool "` + tool + `"`
+				if r.OK || !strings.Contains(r.Error, want) || !strings.Contains(r.Error, "toolbox-tools") {
+					t.Errorf("%s: ok %v, error %q; want a refusal naming %s and the policy", tool, r.OK, r.Error, want)
+				}
+				refused++
+			}
+			if refused == 0 {
+				t.Errorf("no %s call since %s", tool, mcpStart.Format(time.StampMilli))
+			}
+		}
+		// The toolbox's decision log has the refusal, naming both IDs.
+		log := logOf(t, podOf(t, "toolbox"))
+		for _, want := range []string{"request refused by policy", "peer=" + id("assistant"), "tool=delete_records", "spiffeID=" + id("toolbox")} {
+			if !strings.Contains(log, want) {
+				t.Errorf("the toolbox's log does not contain %q:\n%s", want, tail(log, 2000))
+			}
+		}
+
+		// A time-boxed grant: lookup, until grantExpiry. The kubelet brings
+		// it within a sync period; its end needs nobody.
+		cluster.EventuallyEvery(t, e2ePoll, 10*time.Second, "grant lookup", func() error {
+			if err := k8s.Get(ctx, client.ObjectKeyFromObject(pol), pol); err != nil {
+				return err
+			}
+			granted := time.Now()
+			grantExpiry = granted.Add(3*kubeletSync + 20*time.Second).Truncate(time.Second)
+			lookup := mcpRule("lookup")
+			lookup.ExpiresAt = &metav1.Time{Time: grantExpiry}
+			pol.Spec.Ingress = append(pol.Spec.Ingress[:1], lookup)
+			return k8s.Update(ctx, pol)
+		})
+		granted := time.Now()
+		cluster.EventuallyEvery(t, e2ePoll, 3*kubeletSync, "the assistant may call lookup", func() error {
+			for _, r := range results(t, "assistant") {
+				if r.Tool == "lookup" && r.OK {
+					lookupStart = r.Time
+					return nil
+				}
+			}
+			return errors.New("no successful lookup call")
+		})
+		t.Logf("the assistant could call lookup %s after the grant; it expires at %s",
+			lookupStart.Sub(granted).Round(time.Millisecond), grantExpiry.Format(time.TimeOnly))
+	})
+
 	t.Run("the CA rotates under traffic without a failed request", func(t *testing.T) {
 		before := caStatus(t).Active.Serial
 		annotateCA(t, ca.RotateNow)
@@ -361,6 +464,50 @@ func TestEndToEnd(t *testing.T) {
 		time.Sleep(3 * time.Second)
 		assertNoFailures(t, "planner", start)
 		assertNoFailures(t, "outsider", time.Now().Add(-20*time.Second))
+		// Every allowed tool call of the MCP pair succeeded: search since
+		// the first, lookup from the first until its grant expired.
+		assertNoToolFailures(t, "search", mcpStart, time.Now())
+		assertNoToolFailures(t, "lookup", lookupStart, grantExpiry.Add(-time.Second))
+	})
+
+	t.Run("an MCP grant ends at its expiresAt", func(t *testing.T) {
+		time.Sleep(time.Until(grantExpiry.Add(3 * time.Second)))
+		var firstRefused time.Time
+		for _, r := range results(t, "assistant") {
+			if r.Tool != "lookup" || r.Time.Before(grantExpiry) {
+				continue
+			}
+			// A call that started at or after grantExpiry was decided after it.
+			if r.OK {
+				t.Errorf("lookup at %s, after the grant expired at %s, succeeded", r.Time.Format(time.StampMilli), grantExpiry.Format(time.StampMilli))
+			} else if firstRefused.IsZero() && strings.Contains(r.Error, `MCP tool "lookup"`) {
+				firstRefused = r.Time
+			}
+		}
+		if firstRefused.IsZero() || firstRefused.Sub(grantExpiry) > 2*time.Second {
+			t.Errorf("the first refused lookup came at %s, the grant expired at %s", firstRefused.Format(time.StampMilli), grantExpiry.Format(time.StampMilli))
+		}
+		t.Logf("the first lookup refused %s after the grant expired", firstRefused.Sub(grantExpiry).Round(time.Millisecond))
+		// The operator recompiled the toolbox's policy.json without it.
+		cluster.EventuallyEvery(t, e2ePoll, 10*time.Second, "the expired grant leaves policy.json", func() error {
+			cm := &corev1.ConfigMap{}
+			ti := identity("toolbox")
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: agentsNamespace, Name: ti.TrustConfigMapName()}, cm); err != nil {
+				return err
+			}
+			if p := cm.Data["policy.json"]; strings.Contains(p, `"lookup"`) || !strings.Contains(p, `"search"`) {
+				return fmt.Errorf("policy.json: %s", p)
+			}
+			return nil
+		})
+		assertNoToolFailures(t, "search", mcpStart, time.Now())
+		sessions := 0
+		for _, r := range results(t, "assistant") {
+			if r.Tool == "" && r.OK {
+				sessions++
+			}
+		}
+		t.Logf("the assistant opened %d MCP session(s)", sessions)
 	})
 
 	t.Run("an emergency rotation stops trusting the compromised CA", func(t *testing.T) {
@@ -497,9 +644,11 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("no private key in the manager's log", func(t *testing.T) {
-		log, err := os.ReadFile(filepath.Join(workDir, "manager.log"))
-		if err != nil {
-			t.Fatal(err)
+		// Every manager container of the chart that ran, from the Pods'
+		// logs as the kubelet kept them.
+		log := []byte(managerLogs(ctx))
+		if !bytes.Contains(log, []byte("Starting workers")) {
+			t.Fatalf("the manager's log does not look whole:\n%s", tail(string(log), 2000))
 		}
 		secrets := &corev1.SecretList{}
 		if err := k8s.List(ctx, secrets); err != nil {
@@ -556,6 +705,48 @@ func assertNoFailures(t *testing.T, pod string, since time.Time) {
 			break
 		}
 		t.Errorf("%s: failed request at %s on a %s connection: %s", pod, f.Time.Format(time.TimeOnly), f.Conn, f.Error)
+	}
+}
+
+// toolboxPolicy is the toolbox's AgentTrustPolicy with rules.
+func toolboxPolicy(rules ...mtlsv1alpha1.IngressRule) *mtlsv1alpha1.AgentTrustPolicy {
+	return &mtlsv1alpha1.AgentTrustPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentsNamespace, Name: "toolbox-tools"},
+		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
+			AgentSelector: mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"agentmesh.dev/role": "toolbox"}},
+			Ingress:       rules,
+		},
+	}
+}
+
+// mcpRule lets the assistant call tools.
+func mcpRule(tools ...string) mtlsv1alpha1.IngressRule {
+	return mtlsv1alpha1.IngressRule{
+		From:      []mtlsv1alpha1.AgentPeer{{IdentitySelector: &mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"agentmesh.dev/role": "assistant"}}}},
+		Protocols: &mtlsv1alpha1.ProtocolRules{MCP: &mtlsv1alpha1.MCPRule{Tools: tools}},
+	}
+}
+
+// assertNoToolFailures checks the assistant's calls of tool that started
+// in [from, until]: all of them succeeded.
+func assertNoToolFailures(t *testing.T, tool string, from, until time.Time) {
+	t.Helper()
+	ok, failed := 0, 0
+	for _, r := range results(t, "assistant") {
+		if r.Tool != tool || r.Time.Before(from) || r.Time.After(until) {
+			continue
+		}
+		if r.OK {
+			ok++
+			continue
+		}
+		if failed++; failed <= 5 {
+			t.Errorf("assistant: %s at %s failed: %s", tool, r.Time.Format(time.StampMilli), r.Error)
+		}
+	}
+	t.Logf("assistant: %d %s calls succeeded, %d failed from %s to %s", ok, tool, failed, from.Format(time.TimeOnly), until.Format(time.TimeOnly))
+	if ok == 0 {
+		t.Errorf("assistant: no %s call from %s to %s", tool, from.Format(time.TimeOnly), until.Format(time.TimeOnly))
 	}
 }
 
@@ -635,15 +826,13 @@ func handshake(port int, cert tls.Certificate) error {
 // output into v; it returns the exit code and the output.
 func plugin(t *testing.T, v any, args ...string) (int, string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	code := command.Execute(ctx, genericiooptions.IOStreams{In: &bytes.Buffer{}, Out: &out, ErrOut: &errOut},
-		append([]string{"--kubeconfig", kubeconfig}, args...))
-	if err := json.Unmarshal(out.Bytes(), v); err != nil {
-		t.Fatalf("kubectl agentmesh %v: exit %d, output not JSON: %v\n%s%s", args, code, err, out.String(), errOut.String())
+	code, stdout, stderr := cluster.RunPlugin(ctx, kubeconfig, args...)
+	if err := json.Unmarshal([]byte(stdout), v); err != nil {
+		t.Fatalf("kubectl agentmesh %v: exit %d, output not JSON: %v\n%s%s", args, code, err, stdout, stderr)
 	}
-	return code, out.String() + errOut.String()
+	return code, stdout + stderr
 }
 
 func run(t *testing.T, name string, args ...string) string {

@@ -1,5 +1,5 @@
-// Package e2e proves the whole path: the manager binary as a process
-// against a local cluster with the webhooks registered, and agents as real
+// Package e2e proves the whole path: the operator installed with its Helm
+// chart and running as a Pod of the operator image, and agents as real
 // Pods on the local node (a kubelet with containerd and runc), created from
 // Deployments so the webhook sees what a controller sends, reading the
 // files the kubelet projected and doing mTLS under an AgentTrustPolicy,
@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,31 +43,21 @@ const (
 	// e2ePoll is how often the tests look again: each look reads the
 	// agents' logs or the node's files.
 	e2ePoll = 500 * time.Millisecond
+	// release is the chart's release, in operatorNamespace.
+	release = "agentmesh"
+	// nodeAddress is the node's loopback address, 127.0.0.nodeAddress.
+	nodeAddress = 21
 )
 
 var (
 	env        *cluster.Cluster
 	k8s        client.Client
 	cs         kubernetes.Interface
-	manager    *cluster.Manager
-	managerLog *syncFile
 	kubeconfig string
 	workDir    string
 	agentBin   string
 	agentImage string
 )
-
-// syncFile is a log file written by the manager and read by the tests.
-type syncFile struct {
-	mu sync.Mutex
-	f  *os.File
-}
-
-func (s *syncFile) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.f.Write(p)
-}
 
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
@@ -77,6 +66,10 @@ func TestMain(m *testing.M) {
 func runSuite(m *testing.M) int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
+		if workDir != "" && env != nil {
+			saveManagerLogs()
+			fmt.Fprintln(os.Stderr, "e2e: the manager's and the cluster's logs are in", workDir, "(AGENTMESH_E2E_KEEP=1 keeps them)")
+		}
 		return 1
 	}
 	var err error
@@ -108,14 +101,11 @@ func runSuite(m *testing.M) int {
 	agentImage = cluster.AgentImage.Ref(tag)
 	// The same agent as a local binary, for the calls the tests make from
 	// outside the node.
-	managerBin := filepath.Join(workDir, "manager")
 	agentBin = filepath.Join(workDir, "agent")
-	for bin, pkg := range map[string]string{managerBin: "./cmd/manager", agentBin: "./examples/agent"} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fail(fmt.Errorf("building %s: %w", pkg, err))
-		}
+	build := exec.Command("go", "build", "-o", agentBin, "./examples/agent")
+	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fail(fmt.Errorf("building the example agent: %w", err))
 	}
 
 	nodeLog, err := os.Create(filepath.Join(workDir, "cluster.log"))
@@ -123,7 +113,11 @@ func runSuite(m *testing.M) int {
 		return fail(err)
 	}
 	defer func() { _ = nodeLog.Close() }()
-	if env, err = cluster.Start(cluster.Options{Output: nodeLog, Node: &cluster.NodeOptions{SyncFrequency: kubeletSync}}); err != nil {
+	// The chart brings the CRDs. The node has its own loopback address:
+	// test/helm's nodes, which may run beside this suite, run the chart's
+	// hostNetwork manager on the same ports at 127.0.0.1 and 127.0.0.2.
+	if env, err = cluster.Start(cluster.Options{WithoutCRDs: true, Output: nodeLog,
+		Node: &cluster.NodeOptions{SyncFrequency: kubeletSync, FirstAddress: nodeAddress}}); err != nil {
 		return fail(fmt.Errorf("%w (the cluster's log: %s)", err, nodeLog.Name()))
 	}
 	defer func() { _ = env.Stop() }()
@@ -139,43 +133,14 @@ func runSuite(m *testing.M) int {
 	}
 	ctx := context.Background()
 	for _, ns := range []string{operatorNamespace, agentsNamespace} {
-		if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		if err := cluster.EnsureNamespace(ctx, cs, ns); err != nil {
 			return fail(err)
 		}
 	}
-	webhookPort, err := cluster.FreePort()
-	if err != nil {
+	if err := installChart(ctx); err != nil {
 		return fail(err)
 	}
-	if err := env.InstallWebhooks(ctx, webhookPort); err != nil {
-		return fail(err)
-	}
-	f, err := os.Create(filepath.Join(workDir, "manager.log"))
-	if err != nil {
-		return fail(err)
-	}
-	managerLog = &syncFile{f: f}
-	manager, err = cluster.StartManager(cluster.ManagerOptions{
-		Binary:      managerBin,
-		Kubeconfig:  kubeconfig,
-		WebhookPort: webhookPort,
-		Output:      managerLog,
-		Args: []string{
-			// The highest verbosity: the logs are searched for key material.
-			"--zap-log-level=10",
-			"--ca-propagation-grace=" + caGrace.String(),
-			"--ca-reissue-rate=50",
-		},
-	})
-	if err != nil {
-		return fail(err)
-	}
-	defer func() { _ = manager.Stop(15 * time.Second) }()
-	readyCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if err := manager.WaitReady(readyCtx); err != nil {
-		return fail(err)
-	}
+	defer saveManagerLogs()
 
 	code := m.Run()
 	if code != 0 {
@@ -261,11 +226,14 @@ func volumeDir(t *testing.T, deployment string) string {
 
 // Result mirrors the agent's JSON lines.
 type Result struct {
-	Time  time.Time `json:"time"`
-	Conn  string    `json:"conn"`
-	OK    bool      `json:"ok"`
-	Error string    `json:"error"`
-	Reply *struct {
+	Time time.Time `json:"time"`
+	Conn string    `json:"conn"`
+	// Tool and Listed: the MCP client's lines.
+	Tool   string   `json:"tool"`
+	Listed []string `json:"listed"`
+	OK     bool     `json:"ok"`
+	Error  string   `json:"error"`
+	Reply  *struct {
 		Server       string `json:"server"`
 		ServerSerial string `json:"serverSerial"`
 		Client       string `json:"client"`

@@ -33,9 +33,9 @@ func labelled(role string) func(*mtlsv1alpha1.AgentIdentity) {
 func TestExplain(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "explain-")
 	for _, n := range []string{"planner", "worker", "outsider"} {
-		create(t, newIdentity(ns, n, labelled(n)))
+		cluster.Create(t, k8s, cluster.NewIdentity(ns, n, labelled(n)))
 	}
-	create(t, &mtlsv1alpha1.AgentTrustPolicy{
+	cluster.Create(t, k8s, &mtlsv1alpha1.AgentTrustPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "worker-ingress"},
 		Spec: mtlsv1alpha1.AgentTrustPolicySpec{
 			AgentSelector: mtlsv1alpha1.LabelSelector{MatchLabels: map[string]string{"agentmesh.dev/role": "worker"}},

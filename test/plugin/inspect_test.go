@@ -16,7 +16,7 @@ import (
 
 func TestInspectIdentity(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "inspect-")
-	create(t, newIdentity(ns, "worker", func(id *mtlsv1alpha1.AgentIdentity) {
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "worker", func(id *mtlsv1alpha1.AgentIdentity) {
 		id.Spec.DNSNames = []string{"worker." + ns + ".svc"}
 	}))
 	id := waitReady(t, ns, "worker")

@@ -4,7 +4,6 @@
 package plugin
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -17,14 +16,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/cli-runtime/pkg/genericiooptions"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
-	"github.com/agentmesh/agentmesh/internal/cli/command"
 	"github.com/agentmesh/agentmesh/internal/logging"
 	"github.com/agentmesh/agentmesh/internal/operator"
 	"github.com/agentmesh/agentmesh/test/cluster"
@@ -134,27 +131,10 @@ type result struct {
 // run runs kubectl-agentmesh with the admin kubeconfig.
 func run(t *testing.T, args ...string) result {
 	t.Helper()
-	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	code := command.Execute(ctx, genericiooptions.IOStreams{In: &bytes.Buffer{}, Out: &out, ErrOut: &errOut},
-		append([]string{"--kubeconfig", kubeconfig}, args...))
-	return result{code: code, stdout: out.String(), stderr: errOut.String()}
-}
-
-func newIdentity(ns, name string, mutate ...func(*mtlsv1alpha1.AgentIdentity)) *mtlsv1alpha1.AgentIdentity {
-	id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	for _, m := range mutate {
-		m(id)
-	}
-	return id
-}
-
-func create(t *testing.T, obj client.Object) {
-	t.Helper()
-	if err := k8s.Create(context.Background(), obj); err != nil {
-		t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
-	}
+	code, stdout, stderr := cluster.RunPlugin(ctx, kubeconfig, args...)
+	return result{code: code, stdout: stdout, stderr: stderr}
 }
 
 func waitReady(t *testing.T, ns, name string) *mtlsv1alpha1.AgentIdentity {

@@ -17,7 +17,7 @@ import (
 
 func TestRenewIdentity(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "renew-")
-	create(t, newIdentity(ns, "worker"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "worker"))
 	before := waitReady(t, ns, "worker")
 
 	res := run(t, "renew", "identity", "worker", "-n", ns, "-o", "json")
@@ -62,7 +62,7 @@ func TestRenewIdentity(t *testing.T) {
 
 func TestRotateCA(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "rotate-")
-	create(t, newIdentity(ns, "worker"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "worker"))
 	waitReady(t, ns, "worker")
 	for _, tc := range []struct{ args []string }{{}, {[]string{"--emergency"}}} {
 		t.Run(strings.Join(append([]string{"rotate-ca"}, tc.args...), " "), func(t *testing.T) {

@@ -19,8 +19,8 @@ import (
 
 func TestStatus(t *testing.T) {
 	ns := cluster.NewNamespace(t, k8s, "status-")
-	create(t, newIdentity(ns, "planner"))
-	create(t, newIdentity(ns, "worker"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "planner"))
+	cluster.Create(t, k8s, cluster.NewIdentity(ns, "worker"))
 	waitReady(t, ns, "planner")
 	waitReady(t, ns, "worker")
 
@@ -79,9 +79,9 @@ func TestStatus(t *testing.T) {
 
 	// A Secret of the wanted name that is not agentmesh's: the identity is
 	// not Ready, status names it and exits 1.
-	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "taken-tls"}})
-	taken := newIdentity(ns, "taken")
-	create(t, taken)
+	cluster.Create(t, k8s, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "taken-tls"}})
+	taken := cluster.NewIdentity(ns, "taken")
+	cluster.Create(t, k8s, taken)
 	t.Cleanup(func() { _ = k8s.Delete(context.Background(), taken) })
 	cluster.WaitCondition(t, k8s, taken, 30*time.Second, cluster.Condition{Type: mtlsv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: mtlsv1alpha1.ReasonSecretConflict})
 	res := run(t, "status")

@@ -50,13 +50,7 @@ func newCheckCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := o.print(r); err != nil {
-				return err
-			}
-			if !r.OK() {
-				return errProblems
-			}
-			return nil
+			return o.report(r, r.OK())
 		},
 	}
 	cmd.Flags().BoolVar(&f.pre, "pre", false, "run the preflight only, even when agentmesh is installed")

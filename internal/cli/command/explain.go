@@ -49,13 +49,7 @@ func newExplainCommand(o *Options) *cobra.Command {
 				return fmt.Errorf("neither %s nor %s is an AgentIdentity of this cluster: there is no policy to evaluate", args[0], args[1])
 			}
 			v := explain.Evaluate(from, to)
-			if err := o.print(v); err != nil {
-				return err
-			}
-			if !v.Allowed {
-				return errProblems
-			}
-			return nil
+			return o.report(v, v.Allowed)
 		},
 	}
 }

@@ -41,13 +41,7 @@ func newInspectCommand(o *Options) *cobra.Command {
 				return err
 			}
 			s := inspect.Summarize(*in)
-			if err := o.print(s); err != nil {
-				return err
-			}
-			if len(s.Problems) > 0 {
-				return errProblems
-			}
-			return nil
+			return o.report(s, len(s.Problems) == 0)
 		},
 	})
 	return cmd

@@ -162,6 +162,18 @@ func (o *Options) print(v output.Human) error {
 	return output.Write(o.Streams.Out, o.Output, v)
 }
 
+// report prints v and ends the command with errProblems (exit code 1) unless
+// ok: the tail of the commands whose output is a verdict.
+func (o *Options) report(v output.Human, ok bool) error {
+	if err := o.print(v); err != nil {
+		return err
+	}
+	if !ok {
+		return errProblems
+	}
+	return nil
+}
+
 // progress prints a line to stderr while waiting (never in the JSON or YAML
 // output, which stays one document).
 func (o *Options) progress(format string, args ...any) {

@@ -48,13 +48,7 @@ func newStatusCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := o.print(r); err != nil {
-				return err
-			}
-			if !r.OK() {
-				return errProblems
-			}
-			return nil
+			return o.report(r, r.OK())
 		},
 	}
 }
