@@ -427,7 +427,21 @@ func TestInvalidAgentSelectorKeepsLastOutput(t *testing.T) {
 		}
 		return nil
 	})
-	_, before := effective(t, ns, "worker")
+	// The last output is published when the identity's status records its
+	// hash too (a policy broken before that is resolved afresh, under which
+	// it allows nothing: see keptIsOurs).
+	var before *corev1.ConfigMap
+	cluster.Eventually(t, 20*time.Second, "the worker's status records its trust ConfigMap", func() error {
+		_, before = effective(t, ns, "worker")
+		id := &mtlsv1alpha1.AgentIdentity{}
+		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "worker"}, id); err != nil {
+			return err
+		}
+		if before == nil || id.Status.TrustContentHash != before.Annotations[mtlsv1alpha1.AnnotationContentHash] {
+			return fmt.Errorf("status hash %q", id.Status.TrustContentHash)
+		}
+		return nil
+	})
 
 	p := &mtlsv1alpha1.AgentTrustPolicy{}
 	if err := k8s.Get(context.Background(), nn, p); err != nil {

@@ -25,8 +25,8 @@ import (
 //   - the certificate reconciler (FieldManagerCertificate): spiffeID, the
 //     certificate fields, failures, Pod counts, observedGeneration and the
 //     Ready and Issuing conditions;
-//   - the trust reconciler (FieldManagerTrust): trustConfigMap, policies
-//     and the PolicyResolved condition.
+//   - the trust reconciler (FieldManagerTrust): trustConfigMap,
+//     trustContentHash, policies and the PolicyResolved condition.
 //
 // A field a writer leaves out of its part is removed when that writer owned
 // it, so a part is always the whole truth of its writer.
@@ -34,7 +34,7 @@ import (
 // certificateStatus is the certificate reconciler's part of st.
 func certificateStatus(st *mtlsv1alpha1.AgentIdentityStatus) *mtlsv1alpha1.AgentIdentityStatus {
 	part := st.DeepCopy()
-	part.TrustConfigMap, part.Policies = "", nil
+	part.TrustConfigMap, part.TrustContentHash, part.Policies = "", "", nil
 	part.Conditions = conditionsOf(st, mtlsv1alpha1.ConditionReady, mtlsv1alpha1.ConditionIssuing)
 	return part
 }

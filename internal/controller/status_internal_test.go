@@ -82,3 +82,25 @@ func TestStatusWriterComparesWithItsLastWrite(t *testing.T) {
 		t.Fatalf("a new identity with nothing to change was applied (%d applies)", c.applies)
 	}
 }
+
+// TestStatusPartsAreDisjoint: each trust-side field is in the trust
+// reconciler's part only. The certificate reconciler once applied
+// trustContentHash from its own (possibly stale) view of the identity and
+// overwrote the trust reconciler's, so that a kept trust ConfigMap looked
+// changed by someone else.
+func TestStatusPartsAreDisjoint(t *testing.T) {
+	st := &mtlsv1alpha1.AgentIdentityStatus{
+		SPIFFEID: "spiffe://cluster.local/ns/a/agent/b", TrustConfigMap: "b-trust", TrustContentHash: "h", Policies: []string{"p"},
+		Conditions: []metav1.Condition{
+			{Type: mtlsv1alpha1.ConditionReady}, {Type: mtlsv1alpha1.ConditionIssuing}, {Type: mtlsv1alpha1.ConditionPolicyResolved},
+		},
+	}
+	cert, trust := certificateStatus(st), trustStatus(st)
+	if cert.TrustConfigMap != "" || cert.TrustContentHash != "" || cert.Policies != nil || len(cert.Conditions) != 2 {
+		t.Errorf("the certificate part holds trust fields: %+v", cert)
+	}
+	if trust.TrustConfigMap != "b-trust" || trust.TrustContentHash != "h" || len(trust.Policies) != 1 || trust.SPIFFEID != "" ||
+		len(trust.Conditions) != 1 || trust.Conditions[0].Type != mtlsv1alpha1.ConditionPolicyResolved {
+		t.Errorf("the trust part: %+v", trust)
+	}
+}

@@ -198,7 +198,8 @@ func (r *TrustReconciler) publishTrust(ctx context.Context, s *trustScope) (trus
 			return trustResult{published: true, hash: hash, reason: mtlsv1alpha1.ReasonPolicyInvalid,
 				message: fmt.Sprintf("AgentTrustPolicy %s cannot be compiled (%s); the last trust ConfigMap is kept", c.Name, c.ErrorMessage())}, nil
 		}
-		logf.FromContext(ctx).Info("the kept trust ConfigMap was changed by someone else: it is resolved again", "configMap", existing.Name)
+		logf.FromContext(ctx).Info("the kept trust ConfigMap was changed by someone else: it is resolved again", "configMap", existing.Name,
+			"contentHash", contentHash(existing), "recordedHash", s.id.Status.TrustContentHash)
 	}
 
 	world := &cacheWorld{ctx: ctx, c: r.Client}
