@@ -149,8 +149,15 @@ func serve(ctx context.Context, src *agenttls.Source, addr string, logger *slog.
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(rep)
 	})
+	logger.Info("serving", "addr", addr, "spiffeID", src.ID().String())
+	return serveTLS(ctx, src, addr, h, logger)
+}
+
+// serveTLS serves h with src's NewServer on addr until ctx ends, then
+// shuts down within 5 s. A refused handshake's reason (it names both
+// SPIFFE IDs) goes to the log.
+func serveTLS(ctx context.Context, src *agenttls.Source, addr string, h http.Handler, logger *slog.Logger) error {
 	srv := src.NewServer(addr, h)
-	// A refused handshake's reason (it names both SPIFFE IDs) goes to the log.
 	srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	go func() {
 		<-ctx.Done()
@@ -158,7 +165,6 @@ func serve(ctx context.Context, src *agenttls.Source, addr string, logger *slog.
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
-	logger.Info("serving", "addr", addr, "spiffeID", src.ID().String())
 	if err := srv.ListenAndServeTLS("", ""); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

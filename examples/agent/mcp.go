@@ -59,19 +59,8 @@ func serveMCP(ctx context.Context, src *agenttls.Source, addr string, logger *sl
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", src.MCPHandler(withPeer, agenttls.WithDecisionHook(agenttls.SlogDecisionHook(logger))))
-	srv := src.NewServer(addr, mux)
-	srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
 	logger.Info("serving MCP", "addr", addr, "path", "/mcp", "spiffeID", src.ID().String(), "tools", mcpTools)
-	if err := srv.ListenAndServeTLS("", ""); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return serveTLS(ctx, src, addr, mux, logger)
 }
 
 // callMCP keeps one MCP session with the server at url and calls each of
