@@ -191,6 +191,50 @@ func (in *interner) configMapTransform(obj any) (any, error) {
 	return obj, nil
 }
 
+// identityTransform strips managed fields and kubectl's last-applied
+// configuration (a copy of the whole object that nothing here reads, as
+// large as the object), and shares the strings that every AgentIdentity
+// repeats: its metadata's (shareMeta), its API version and kind, the
+// enums of its spec, its conditions' types, statuses and reasons, the CA
+// serial and the names of the policies that select it. Nothing else
+// changes: the reconcilers read the whole spec and status (the status
+// writers compare with it), so the cached copy must stay equal to the
+// object.
+func (in *interner) identityTransform(obj any) (any, error) {
+	obj, err := stripManagedFields(obj)
+	if err != nil {
+		return obj, err
+	}
+	id, ok := obj.(*mtlsv1alpha1.AgentIdentity)
+	if !ok {
+		return obj, nil
+	}
+	delete(id.Annotations, corev1.LastAppliedConfigAnnotation)
+	if len(id.Annotations) == 0 {
+		id.Annotations = nil
+	}
+	in.shareMeta(&id.ObjectMeta)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	id.APIVersion, id.Kind = in.name(id.APIVersion), in.name(id.Kind)
+	id.Spec.KeyDelivery = mtlsv1alpha1.KeyDelivery(in.name(string(id.Spec.KeyDelivery)))
+	id.Spec.ServiceAccountName = in.name(id.Spec.ServiceAccountName)
+	if k := id.Spec.PrivateKey; k != nil {
+		k.Algorithm = mtlsv1alpha1.PrivateKeyAlgorithm(in.name(string(k.Algorithm)))
+	}
+	st := &id.Status
+	for i := range st.Conditions {
+		c := &st.Conditions[i]
+		c.Type, c.Reason = in.name(c.Type), in.name(c.Reason)
+		c.Status = metav1.ConditionStatus(in.name(string(c.Status)))
+	}
+	st.CASerial = in.name(st.CASerial)
+	for i, p := range st.Policies {
+		st.Policies[i] = in.name(p)
+	}
+	return id, nil
+}
+
 // The transforms may see an object twice: the reflector's streaming list
 // (WatchList) transforms each object into its temporary store, and the
 // queue transforms it again when the list replaces the cache's content. A

@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -228,5 +229,68 @@ func TestMetadataStringsAreShared(t *testing.T) {
 	}
 	if a.Labels[mtlsv1alpha1.LabelIdentity] != "a" || b.Labels[mtlsv1alpha1.LabelIdentity] != "b" || b.Annotations[mtlsv1alpha1.AnnotationPolicies] != "p=1" {
 		t.Errorf("metadata changed: %v %v", a.ObjectMeta, b.ObjectMeta)
+	}
+}
+
+func TestIdentitiesShareWhatTheyRepeat(t *testing.T) {
+	in := newInterner("agentmesh-system")
+	obj := func(name string) *mtlsv1alpha1.AgentIdentity {
+		// Clones: each object decoded has its own copies.
+		return &mtlsv1alpha1.AgentIdentity{
+			TypeMeta: metav1.TypeMeta{APIVersion: strings.Clone(mtlsv1alpha1.GroupVersion.String()), Kind: strings.Clone("AgentIdentity")},
+			ObjectMeta: metav1.ObjectMeta{Namespace: strings.Clone("agents"), Name: name,
+				ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+				Labels:        map[string]string{strings.Clone("app"): name},
+				Annotations: map[string]string{corev1.LastAppliedConfigAnnotation: `{"spec":{}}`,
+					strings.Clone("team"): "search"}},
+			Spec: mtlsv1alpha1.AgentIdentitySpec{KeyDelivery: mtlsv1alpha1.KeyDelivery(strings.Clone("Secret")), ServiceAccountName: strings.Clone("worker")},
+			Status: mtlsv1alpha1.AgentIdentityStatus{
+				Conditions: []metav1.Condition{{Type: strings.Clone("Ready"), Status: metav1.ConditionStatus(strings.Clone("True")),
+					Reason: strings.Clone("Issued"), Message: "certificate " + name + " is valid"}},
+				CASerial: strings.Clone("0a1b2c3d"), Policies: []string{strings.Clone("worker-ingress")},
+				SerialNumber: name + "-serial",
+			},
+		}
+	}
+	var got []*mtlsv1alpha1.AgentIdentity
+	for _, name := range []string{"a", "b"} {
+		o, err := in.identityTransform(obj(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, o.(*mtlsv1alpha1.AgentIdentity))
+	}
+	a, b := got[0], got[1]
+	for what, same := range map[string]bool{
+		"namespace":        unsafe.StringData(a.Namespace) == unsafe.StringData(b.Namespace),
+		"kind":             unsafe.StringData(a.Kind) == unsafe.StringData(b.Kind),
+		"key delivery":     unsafe.StringData(string(a.Spec.KeyDelivery)) == unsafe.StringData(string(b.Spec.KeyDelivery)),
+		"service account":  unsafe.StringData(a.Spec.ServiceAccountName) == unsafe.StringData(b.Spec.ServiceAccountName),
+		"condition type":   unsafe.StringData(a.Status.Conditions[0].Type) == unsafe.StringData(b.Status.Conditions[0].Type),
+		"condition status": unsafe.StringData(string(a.Status.Conditions[0].Status)) == unsafe.StringData(string(b.Status.Conditions[0].Status)),
+		"condition reason": unsafe.StringData(a.Status.Conditions[0].Reason) == unsafe.StringData(b.Status.Conditions[0].Reason),
+		"CA serial":        unsafe.StringData(a.Status.CASerial) == unsafe.StringData(b.Status.CASerial),
+		"policy name":      unsafe.StringData(a.Status.Policies[0]) == unsafe.StringData(b.Status.Policies[0]),
+	} {
+		if !same {
+			t.Errorf("%s: not shared", what)
+		}
+	}
+	// Nothing the reconcilers read changed; only what they never read went.
+	want := obj("b")
+	want.ManagedFields = nil
+	delete(want.Annotations, corev1.LastAppliedConfigAnnotation)
+	if !equality.Semantic.DeepEqual(b, want) {
+		t.Errorf("the cached identity differs from the object:\n got %+v\nwant %+v", b, want)
+	}
+	// An identity with only the last-applied annotation keeps none.
+	only := obj("c")
+	only.Annotations = map[string]string{corev1.LastAppliedConfigAnnotation: "{}"}
+	o, err := in.identityTransform(only)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ann := o.(*mtlsv1alpha1.AgentIdentity).Annotations; ann != nil {
+		t.Errorf("annotations %v, want none", ann)
 	}
 }

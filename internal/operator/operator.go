@@ -182,16 +182,18 @@ func CacheOptions(operatorNamespace string) cache.Options { return cacheOptions(
 
 // cacheOptions scope the manager's cache to what agentmesh reads: its own
 // Secrets and ConfigMaps (CA and bundle payloads shared between them, and
-// only the metadata of look-alikes), the
-// Pods that opt in, slimmed, and the PodCertificateRequests and
-// ClusterTrustBundles of its signer.
+// only the metadata of look-alikes), AgentIdentities without kubectl's
+// last-applied copy (their repeated strings shared), the Pods that opt in,
+// slimmed, and the PodCertificateRequests and ClusterTrustBundles of its
+// signer.
 func cacheOptions(operatorNamespace string) cache.Options {
 	shared := newInterner(operatorNamespace)
 	return cache.Options{
 		DefaultTransform: stripManagedFields,
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}:    {Label: ManagedSelector(), Transform: shared.secretTransform},
-			&corev1.ConfigMap{}: {Label: ManagedSelector(), Transform: shared.configMapTransform},
+			&corev1.Secret{}:              {Label: ManagedSelector(), Transform: shared.secretTransform},
+			&corev1.ConfigMap{}:           {Label: ManagedSelector(), Transform: shared.configMapTransform},
+			&mtlsv1alpha1.AgentIdentity{}: {Transform: shared.identityTransform},
 			// Only Pods that opt in, and only the fields the operator reads.
 			&corev1.Pod{}: {Label: OptedInSelector(), Transform: slimPod},
 			// Only the PodCertificateRequests addressed to agentmesh's signer.
