@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -68,6 +69,10 @@ type statusWriter struct {
 	// applies the same part again nor skips a change back to what the stale
 	// cache happens to show.
 	written sync.Map // types.NamespacedName -> writtenPart
+	// sweptAt is when written was last rid of the parts older than
+	// writtenTTL (Unix nanoseconds): they are never read again, and at
+	// 10,000 identities they held about 4.5 MiB.
+	sweptAt atomic.Int64
 	// now is the real clock (cache lag is real time); nil means time.Now.
 	now func() time.Time
 }
@@ -96,6 +101,7 @@ func (w *statusWriter) write(ctx context.Context, c client.Client, owner string,
 	if w.now != nil {
 		now = w.now
 	}
+	w.sweep(now())
 	current := hashJSON(part(&original.Status))
 	if prev, ok := w.written.Load(key); ok {
 		if p := prev.(writtenPart); p.uid == id.UID && now().Sub(p.at) < writtenTTL {
@@ -123,6 +129,21 @@ func (w *statusWriter) write(ctx context.Context, c client.Client, owner string,
 	}
 	w.written.Store(key, writtenPart{uid: id.UID, hash: h, at: now()})
 	return nil
+}
+
+// sweep drops the parts applied more than writtenTTL before now, at most
+// once per writtenTTL.
+func (w *statusWriter) sweep(now time.Time) {
+	last := w.sweptAt.Load()
+	if now.Sub(time.Unix(0, last)) < writtenTTL || !w.sweptAt.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	w.written.Range(func(k, v any) bool {
+		if now.Sub(v.(writtenPart).at) >= writtenTTL {
+			w.written.CompareAndDelete(k, v)
+		}
+		return true
+	})
 }
 
 // forget drops what the writer remembers of a deleted identity.

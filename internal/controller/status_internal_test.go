@@ -2,11 +2,13 @@ package controller
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
@@ -102,5 +104,47 @@ func TestStatusPartsAreDisjoint(t *testing.T) {
 	if trust.TrustConfigMap != "b-trust" || trust.TrustContentHash != "h" || len(trust.Policies) != 1 || trust.SPIFFEID != "" ||
 		len(trust.Conditions) != 1 || trust.Conditions[0].Type != mtlsv1alpha1.ConditionPolicyResolved {
 		t.Errorf("the trust part: %+v", trust)
+	}
+}
+
+// TestStatusWriterForgetsOldWrites: what the writer remembers of a write
+// goes once writtenTTL has passed and another write comes, so that its
+// memory follows the identities written recently, not every identity.
+func TestStatusWriterForgetsOldWrites(t *testing.T) {
+	now := time.Date(2026, 12, 8, 12, 0, 0, 0, time.UTC)
+	w := &statusWriter{now: func() time.Time { return now }}
+	c := &applyCounter{}
+	write := func(name string) {
+		t.Helper()
+		id := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "agents", Name: name, UID: types.UID(name)}}
+		want := id.DeepCopy()
+		want.Status.Policies = []string{"p"}
+		if err := w.write(context.Background(), c, mtlsv1alpha1.FieldManagerTrust, trustStatus, id, want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	remembered := func() []string {
+		var names []string
+		w.written.Range(func(k, _ any) bool {
+			names = append(names, k.(types.NamespacedName).Name)
+			return true
+		})
+		slices.Sort(names)
+		return names
+	}
+	write("a")
+	write("b")
+	now = now.Add(writtenTTL / 2)
+	write("c")
+	if got := remembered(); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("within the TTL: remembered %v, want [a b c]", got)
+	}
+	now = now.Add(writtenTTL/2 + time.Second)
+	write("d")
+	if got := remembered(); !slices.Equal(got, []string{"c", "d"}) {
+		t.Fatalf("after the TTL: remembered %v, want [c d]", got)
+	}
+	if c.applies != 4 {
+		t.Errorf("%d applies, want 4", c.applies)
 	}
 }
