@@ -78,6 +78,9 @@ type CertificateReconciler struct {
 	DNS identity.DNSScope
 	// Reissue bounds the rate of reissues a CA rotation causes.
 	Reissue *ReissueGate
+	// TrustProgress is the trust reconciler's work, which a new identity's
+	// first status waits for; nil waits firstStatusWait at most.
+	TrustProgress *TrustProgress
 	// MaxConcurrentReconciles is the number of parallel workers.
 	MaxConcurrentReconciles int
 
@@ -131,7 +134,7 @@ func (r *CertificateReconciler) Reconcile(ctx context.Context, req reconcile.Req
 			err = errors.Join(err, perr)
 		}
 		s.setReady()
-		if wait := s.awaitTrust(); wait > 0 {
+		if wait := s.awaitTrust(r.TrustProgress); wait > 0 {
 			// The trust reconciler's status write queues this identity again.
 			r.recordMetrics(s)
 			if result.RequeueAfter == 0 || wait < result.RequeueAfter {
@@ -754,23 +757,36 @@ func (s *certScope) succeeded(leaf *x509.Certificate, renewal time.Time, caSeria
 }
 
 // firstStatusWait is how long the first status of a new identity waits for
-// its trust ConfigMap.
+// its trust ConfigMap when the trust reconciler is not at work.
 const firstStatusWait = 10 * time.Second
+
+// firstStatusMaxWait bounds the wait of a first status while the trust
+// reconciler works through a backlog.
+const firstStatusMaxWait = 5 * time.Minute
 
 // awaitTrust says how long to hold back the first status of a new identity
 // whose certificate is in place while the trust reconciler has not yet
 // reported: its report queues the identity again, and one status write then
 // says Ready instead of two saying TrustPending and then Ready. It holds
-// back only the first status, and for at most firstStatusWait after the
-// identity was created; after that TrustPending is written.
-func (s *certScope) awaitTrust() time.Duration {
+// back only the first status: for firstStatusWait after the identity was
+// created, and beyond that, up to firstStatusMaxWait, while the trust
+// reconciler ends passes (a backlog: see TrustProgress); then TrustPending
+// is written.
+func (s *certScope) awaitTrust(trust *TrustProgress) time.Duration {
 	ready := meta.FindStatusCondition(s.id.Status.Conditions, mtlsv1alpha1.ConditionReady)
 	if ready == nil || ready.Reason != mtlsv1alpha1.ReasonTrustPending ||
 		meta.FindStatusCondition(s.original.Status.Conditions, mtlsv1alpha1.ConditionReady) != nil ||
 		meta.FindStatusCondition(s.id.Status.Conditions, mtlsv1alpha1.ConditionPolicyResolved) != nil {
 		return 0
 	}
-	return min(firstStatusWait, max(0, s.id.CreationTimestamp.Add(firstStatusWait).Sub(s.now)))
+	age := s.now.Sub(s.id.CreationTimestamp.Time)
+	switch {
+	case age < firstStatusWait:
+		return firstStatusWait - age
+	case age < firstStatusMaxWait && trust.Working(s.now):
+		return min(firstStatusWait, firstStatusMaxWait-age)
+	}
+	return 0
 }
 
 // --- small functions ---

@@ -63,6 +63,9 @@ type TrustReconciler struct {
 	// BundleCache is the same cache, watched for changes.
 	BundleReader client.Reader
 	BundleCache  cache.Cache
+	// Progress records the passes that end with the trust status written
+	// or confirmed, for the certificate reconciler (may be nil).
+	Progress *TrustProgress
 	// MaxConcurrentReconciles is the number of parallel workers.
 	MaxConcurrentReconciles int
 
@@ -120,6 +123,7 @@ func (r *TrustReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	if err := r.status.write(ctx, r.Client, mtlsv1alpha1.FieldManagerTrust, trustStatus, s.original, s.id); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.Progress.Passed(r.Clock.Now())
 	// A rule with expiresAt is compiled out at that instant.
 	var result ctrl.Result
 	if !trust.nextExpiry.IsZero() {

@@ -286,6 +286,7 @@ func addSideCaches(restConfig *rest.Config, mgr manager.Manager, caSecret types.
 func setupControllers(mgr manager.Manager, cfg Config, caches sideCaches, holder *ca.Holder) error {
 	metrics := controller.NewMetrics()
 	rec := mgr.GetEventRecorder("agentmesh")
+	trustProgress := &controller.TrustProgress{}
 	setups := []struct {
 		what  string
 		setup func(manager.Manager) error
@@ -321,6 +322,7 @@ func setupControllers(mgr manager.Manager, cfg Config, caches sideCaches, holder
 			CA:                      holder,
 			Keys:                    controller.NewKeyPool(cfg.KeyWorkers),
 			Reissue:                 controller.NewReissueGate(cfg.ReissueRate),
+			TrustProgress:           trustProgress,
 			Metrics:                 metrics,
 			TrustDomain:             cfg.TrustDomain,
 			DNS:                     cfg.DNS,
@@ -335,6 +337,7 @@ func setupControllers(mgr manager.Manager, cfg Config, caches sideCaches, holder
 			DefaultPosture:          cfg.DefaultPosture,
 			BundleReader:            caches.bundles,
 			BundleCache:             caches.bundles,
+			Progress:                trustProgress,
 			MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
 		}).SetupWithManager},
 		{"the AgentTrustPolicy controller", (&controller.AgentTrustPolicyReconciler{
