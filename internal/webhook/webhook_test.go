@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
@@ -424,4 +425,66 @@ func caBundle(t *testing.T) []*x509.Certificate {
 		t.Fatal(err)
 	}
 	return certs
+}
+
+// identityAdmissions is how many admission requests the identity validator
+// has answered in this process (agentmesh_webhook_request_duration_seconds).
+func identityAdmissions(t *testing.T) uint64 {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "agentmesh_webhook_request_duration_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "webhook" && l.GetValue() == "agentidentities" {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestOnlyIdentitiesWithDNSNamesCallTheWebhook: the identity validator
+// checks DNS names only, so the API server calls it for an identity that
+// has some (created or updated) and admits the others without a call.
+func TestOnlyIdentitiesWithDNSNamesCallTheWebhook(t *testing.T) {
+	ns := cluster.NewNamespace(t, k8s, "agents-")
+	before := identityAdmissions(t)
+	plain := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "plain"}}
+	if err := k8s.Create(context.Background(), plain); err != nil {
+		t.Fatal(err)
+	}
+	// The operator writes the status meanwhile: a conflict is retried on
+	// the latest version.
+	for i := 0; ; i++ {
+		latest := &mtlsv1alpha1.AgentIdentity{}
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(plain), latest); err != nil {
+			t.Fatal(err)
+		}
+		latest.Labels = map[string]string{"team": "search"}
+		err := k8s.Update(context.Background(), latest)
+		if err == nil {
+			break
+		}
+		if !apierrors.IsConflict(err) || i == 20 {
+			t.Fatal(err)
+		}
+	}
+	if got := identityAdmissions(t); got != before {
+		t.Fatalf("identities without DNS names made %d calls to the webhook, want none", got-before)
+	}
+	named := &mtlsv1alpha1.AgentIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "named"},
+		Spec: mtlsv1alpha1.AgentIdentitySpec{DNSNames: []string{"named." + ns + ".svc"}}}
+	if err := k8s.Create(context.Background(), named); err != nil {
+		t.Fatal(err)
+	}
+	if got := identityAdmissions(t); got != before+1 {
+		t.Fatalf("an identity with DNS names made %d calls to the webhook, want 1", got-before)
+	}
 }
