@@ -779,7 +779,8 @@ func (s *certScope) awaitTrust(trust *TrustProgress) time.Duration {
 		meta.FindStatusCondition(s.id.Status.Conditions, mtlsv1alpha1.ConditionPolicyResolved) != nil {
 		return 0
 	}
-	age := s.now.Sub(s.id.CreationTimestamp.Time)
+	// A creation time ahead of this clock (skew) counts as now.
+	age := max(0, s.now.Sub(s.id.CreationTimestamp.Time))
 	switch {
 	case age < firstStatusWait:
 		return firstStatusWait - age

@@ -25,6 +25,7 @@ func TestFirstStatusWaitsForABusyTrustReconciler(t *testing.T) {
 	}{
 		"new, trust reconciler idle":          {age: 3 * time.Second, trustPassAgo: -1, want: 7 * time.Second},
 		"new, no progress tracker":            {age: 3 * time.Second, nilProgress: true, want: 7 * time.Second},
+		"created ahead of this clock":         {age: -time.Hour, trustPassAgo: -1, want: 10 * time.Second},
 		"after 10s, trust reconciler idle":    {age: 12 * time.Second, trustPassAgo: -1, want: 0},
 		"after 10s, trust reconciler stuck":   {age: 40 * time.Second, trustPassAgo: 15 * time.Second, want: 0},
 		"after 10s, no progress tracker":      {age: 12 * time.Second, nilProgress: true, want: 0},
