@@ -18,10 +18,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	mtlsv1alpha1 "github.com/agentmesh/agentmesh/api/v1alpha1"
 	"github.com/agentmesh/agentmesh/internal/ca"
+	"github.com/agentmesh/agentmesh/internal/webhook"
 	"github.com/agentmesh/agentmesh/internal/webhookcert"
 	"github.com/agentmesh/agentmesh/test/cluster"
 )
@@ -431,23 +431,8 @@ func caBundle(t *testing.T) []*x509.Certificate {
 // has answered in this process (agentmesh_webhook_request_duration_seconds).
 func identityAdmissions(t *testing.T) uint64 {
 	t.Helper()
-	families, err := metrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != "agentmesh_webhook_request_duration_seconds" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "webhook" && l.GetValue() == "agentidentities" {
-					return m.GetHistogram().GetSampleCount()
-				}
-			}
-		}
-	}
-	return 0
+	count, _ := webhook.Observed(t, "agentidentities")
+	return count
 }
 
 // TestOnlyIdentitiesWithDNSNamesCallTheWebhook: the identity validator
